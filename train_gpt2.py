@@ -767,8 +767,11 @@ class DataLoader:
 
     def load_shard(self, index):
         path = self.files[self.shard_order[index] if self.shuffle else index]
-        self.shard_path = path
         self.shard = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES)
+        if self.shard.max() >= self.vocab_size:
+            position = int(np.argmax(self.shard >= self.vocab_size))
+            raise GPT2Error(f"{path}: token id {self.shard[position]} at token {position} is out of range for "
+                            f"vocab size {self.vocab_size}")
         # the last token of a shard is only ever a target, hence the -1
         self.shard_num_samples = (self.shard.size - 1) // self.tokens_per_sample
         if self.shuffle:
@@ -793,10 +796,6 @@ class DataLoader:
         sample = self.sample_order[self.sample_index] if self.shuffle else self.sample_index
         start = sample * self.tokens_per_sample + self.local_offset
         buffer = np.array(self.shard[start:start + self.B * self.T + 1], dtype=np.int32)
-        if buffer.max() >= self.vocab_size:
-            position = start + int(np.argmax(buffer >= self.vocab_size))
-            raise GPT2Error(f"{self.shard_path}: token id {buffer.max()} at token {position} is out of range "
-                            f"for vocab size {self.vocab_size}")
         self.sample_index += 1
         return buffer[:-1].reshape(self.B, self.T), buffer[1:].reshape(self.B, self.T)
 
@@ -945,15 +944,15 @@ def printable(piece):
     return piece
 
 
-def generate(model, pieces, eot, rng, num_tokens, out=sys.stdout):
+def generate(model, pieces, eot, rng, num_tokens):
     """Samples num_tokens - 1 tokens after EOT, printing each as it comes; returns the token ids."""
     tokens = np.full((1, num_tokens), eot, dtype=np.int32)
     for t in range(1, num_tokens):
         model.forward(tokens[:, :t])
         logits = model.activations(1, t).logits[0, t - 1]
         tokens[0, t] = sample_token(logits, model.config.vocab_size, rng.random_f32())
-        out.buffer.write(printable(pieces[tokens[0, t]]))
-        out.flush()
+        sys.stdout.buffer.write(printable(pieces[tokens[0, t]]))
+        sys.stdout.flush()
     return tokens[0]
 
 
@@ -992,7 +991,7 @@ def parse_args(argv=None):
     for name in ("max_steps", "val_every", "val_max_steps", "sample_every"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
-    if args.gen_tokens > args.seq_len:
+    if args.sample_every and args.gen_tokens > args.seq_len:
         parser.error(f"--gen-tokens {args.gen_tokens} is more than the sequence length {args.seq_len}")
     return args
 
@@ -1030,7 +1029,12 @@ def train(args):
     val_loader = DataLoader(args.val_data, B, T, cfg.vocab_size) if args.val_data else None
     print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s)"
           + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else ""))
-    pieces, eot = load_or_write_tokenizer() if args.sample_every else (None, None)
+    if args.sample_every:
+        pieces, eot = load_or_write_tokenizer()
+        if len(pieces) != cfg.vocab_size:
+            print(f"sampling off: the model's vocabulary ({cfg.vocab_size} tokens) is not the tokenizer's "
+                  f"({len(pieces)}, {TOKENIZER_FILE})")
+            args.sample_every = 0
     model.allocate(B, T)
     rng = XorShift(1337)
     print(f"B={B} T={T}; activations {model.acts_memory.nbytes / 2**20:.0f} MiB, parameters, gradients and "
