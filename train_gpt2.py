@@ -23,6 +23,7 @@ Run `python train_gpt2.py --help` for the flags; they are named as in llm.c's tr
 """
 
 import argparse
+import functools
 import glob
 import hashlib
 import math
@@ -85,8 +86,9 @@ def new_header(magic, version, *fields):
 
 def write_atomically(path, chunks):
     """Writes the arrays in `chunks` to `path` through a temporary file, so a kill never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")  # hidden, so that no shard pattern matches it
     with open(tmp, "wb") as f:
         for chunk in chunks:
             f.write(np.ascontiguousarray(chunk).tobytes())
@@ -550,10 +552,14 @@ class GPT2:
 # Checkpoints: llm.c's model file, header [2] maxT [3] V [4] L [5] NH [6] C [7] Vp, then the 16 tensors.
 # Version 3 stores float32, version 5 bfloat16 (the top 16 bits of a float32), which we widen on load.
 
+def config_from_header(header):
+    return GPT2Config(max_seq_len=int(header[2]), vocab_size=int(header[3]), num_layers=int(header[4]),
+                      num_heads=int(header[5]), channels=int(header[6]), padded_vocab_size=int(header[7]))
+
+
 def load_model(path, dtype=np.float32):
     header = read_header(path, MODEL_MAGIC, (3, 5))
-    config = GPT2Config(max_seq_len=int(header[2]), vocab_size=int(header[3]), num_layers=int(header[4]),
-                        num_heads=int(header[5]), channels=int(header[6]), padded_vocab_size=int(header[7]))
+    config = config_from_header(header)
     num_parameters = sum(math.prod(s) for s in parameter_shapes(config).values())
     stored = np.dtype("<f4") if header[1] == 3 else np.dtype("<u2")
     check_file_size(path, HEADER_BYTES + num_parameters * stored.itemsize)
@@ -699,26 +705,68 @@ def build_from_descriptor(descriptor, dtype=np.float32):
 # trainer, applies only to the 2-D tensors: the embeddings and the weight matrices, not biases or layernorms.
 
 @kernel
-def adamw_kernel(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, beta1_correction, beta2_correction):
+def adamw_kernel(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, grad_scale, beta1_correction,
+                 beta2_correction):
     # params, grads, m, v (P,): one parameter tensor, flat
     for i in prange(params.shape[0]):
-        m[i] = beta1 * m[i] + (1.0 - beta1) * grads[i]
-        v[i] = beta2 * v[i] + (1.0 - beta2) * grads[i] * grads[i]
+        grad = grads[i] * grad_scale
+        m[i] = beta1 * m[i] + (1.0 - beta1) * grad
+        v[i] = beta2 * v[i] + (1.0 - beta2) * grad * grad
         m_hat = m[i] / beta1_correction
         v_hat = v[i] / beta2_correction
         params[i] -= lr * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * params[i])
 
 
-def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t):
-    """One AdamW step; t counts steps from 1."""
+def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
+    """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for clipping)."""
     offset = 0
     for shape in model.shapes.values():
         size = math.prod(shape)
         region = slice(offset, offset + size)
         adamw_kernel(model.params_memory[region], model.grads_memory[region], model.m_memory[region],
                      model.v_memory[region], lr, beta1, beta2, eps, weight_decay if len(shape) == 2 else 0.0,
-                     1.0 - beta1 ** t, 1.0 - beta2 ** t)
+                     grad_scale, 1.0 - beta1 ** t, 1.0 - beta2 ** t)
         offset += size
+
+
+@kernel
+def sum_of_squares(x):
+    # x (P,) -> sum of x[i]^2, accumulated in float64
+    total = 0.0
+    for i in prange(x.shape[0]):
+        total += x[i] * x[i]
+    return total
+
+
+def gradient_norm(model):
+    """The L2 norm of all the gradients together, which clipping compares to its threshold."""
+    return math.sqrt(sum_of_squares(model.grads_memory))
+
+
+# Learning rate schedules, as llmc/schedulers.h: a linear warmup over the first `warmup` steps, then "cosine" or
+# "linear" decay to lr * final_frac at the last step, "wsd" (warmup, stable, decay) holding lr until 80% of the
+# steps and then decaying as 1 - sqrt, or "constant".
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+
+def learning_rate(schedule, step, lr, warmup, final_frac, num_steps):
+    if schedule == "constant":
+        return lr
+    min_lr = lr * final_frac
+    if schedule == "wsd":
+        decay_start = int(0.8 * num_steps)
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        if step < decay_start:
+            return lr
+        return min_lr + (1.0 - math.sqrt((step - decay_start) / (num_steps - decay_start))) * (lr - min_lr)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    decay = (step - warmup) / max(num_steps - warmup, 1)
+    if schedule == "cosine":
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay)) * (lr - min_lr)
+    return lr - decay * (lr - min_lr)  # linear
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -765,7 +813,8 @@ class DataLoader:
             self.shard_order = np.arange(len(self.files))
         self.reset()
 
-    def load_shard(self, index):
+    def open_shard(self, index):
+        """Maps the index-th shard of this epoch's order into memory."""
         path = self.files[self.shard_order[index] if self.shuffle else index]
         self.shard = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES)
         if self.shard.max() >= self.vocab_size:
@@ -774,15 +823,18 @@ class DataLoader:
                             f"vocab size {self.vocab_size}")
         # the last token of a shard is only ever a target, hence the -1
         self.shard_num_samples = (self.shard.size - 1) // self.tokens_per_sample
+
+    def start_shard(self, index):
+        self.shard_index, self.sample_index = index, 0
+        self.open_shard(index)
         if self.shuffle:
             self.sample_order = self.rng.permutation(self.shard_num_samples)
 
     def reset(self):
         """Back to the start of the first shard; with shuffling, a new epoch in a new order."""
-        self.shard_index, self.sample_index = 0, 0
         if self.shuffle:
             self.shard_order = self.shard_order[self.rng.permutation(len(self.files))]
-        self.load_shard(0)
+        self.start_shard(0)
 
     def next_batch(self):
         """Returns (inputs, targets), each (B,T) int32."""
@@ -790,14 +842,20 @@ class DataLoader:
             if self.shard_index == len(self.files) - 1:
                 self.reset()
             else:
-                self.shard_index += 1
-                self.sample_index = 0
-                self.load_shard(self.shard_index)
+                self.start_shard(self.shard_index + 1)
         sample = self.sample_order[self.sample_index] if self.shuffle else self.sample_index
         start = sample * self.tokens_per_sample + self.local_offset
         buffer = np.array(self.shard[start:start + self.B * self.T + 1], dtype=np.int32)
         self.sample_index += 1
         return buffer[:-1].reshape(self.B, self.T), buffer[1:].reshape(self.B, self.T)
+
+    def resume(self, shard_index, sample_index, shard_order=None, sample_order=None, rng_state=None):
+        """Continues from a saved position: llm.c's dataloader_resume, and with shuffling the saved orders."""
+        if self.shuffle:
+            self.shard_order, self.sample_order = shard_order, sample_order
+            self.rng.bit_generator.state = rng_state
+        self.shard_index, self.sample_index = shard_index, sample_index
+        self.open_shard(shard_index)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -813,6 +871,7 @@ BPE_FILES_SHA256 = {"vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b18
                     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
 
 
+@functools.cache
 def gpt2_encoding():
     """tiktoken's "gpt2" encoding, downloaded (or cached) by tiktoken, or else built offline."""
     import tiktoken
@@ -957,7 +1016,148 @@ def generate(model, pieces, eot, rng, num_tokens):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 8. Training: the command line and the loop
+# 8. Training: checkpoints, logs, the command line and the loop
+#
+# With -o DIR and -n N, a run writes a checkpoint every N steps, as llm.c's full trainer does: model_%08d.bin (the
+# model file), state_%08d.bin (llm.c's training state: the step, AdamW's m and v, where the data loader is and
+# its shuffle state, the sampling RNG) and last DONE_%08d, an empty file that marks the checkpoint complete. Every
+# file is written to a temporary name and renamed, so a run killed at any moment leaves only whole checkpoints,
+# and -y 1 resumes from the newest one and continues exactly as if it had never stopped.
+
+STATE_MAGIC = 20240527
+# What shapes a run's trajectory, kept in header slots llm.c leaves unused, so that resuming with other settings
+# is refused: (slot, flag, argument, type); floats are kept as their float32 bits, the schedule as its index.
+RUN_SETTINGS = [(40, "-b", "batch_size", int), (41, "-t", "seq_len", int), (42, "-d", "total_batch_size", int),
+                (43, "-x", "max_steps", int), (44, "-u", "warmup", int), (45, "-k", "schedule", str),
+                (46, "-a", "overfit", int), (50, "-l", "learning_rate", float), (51, "-q", "final_frac", float),
+                (52, "-c", "weight_decay", float), (53, "--beta1", "beta1", float), (54, "--beta2", "beta2", float),
+                (55, "--grad-clip", "grad_clip", float)]
+
+
+def encode_setting(value, kind):
+    if kind is float:
+        return int(np.float32(value).view(np.int32))
+    return SCHEDULES.index(value) if kind is str else int(value)
+
+
+def decode_setting(stored, kind):
+    if kind is float:
+        return float(np.int32(stored).view(np.float32))
+    return SCHEDULES[stored] if kind is str else int(stored)
+
+
+def mersenne_twister_bytes(rng):
+    """llm.c's mt19937_state struct: u64 seed (unused), i32 left, u32 next, u32 state[624], u32 MATRIX_A[2]."""
+    state = rng.bit_generator.state["state"]
+    position = int(state["pos"])  # numpy's index of the next draw; llm.c counts down `left` draws instead
+    return np.concatenate([np.zeros(2, "<u4"), np.array([625 - position, position], "<u4"),
+                           state["key"].astype("<u4"), np.array([0, 0x9908B0DF], "<u4")])
+
+
+def mersenne_twister_state(words):
+    """The inverse of mersenne_twister_bytes, as numpy's MT19937 state, from the struct's 630 u32 words."""
+    return {"bit_generator": "MT19937", "state": {"key": words[4:628].astype(np.uint32), "pos": 625 - int(words[2])}}
+
+
+def save_state(path, step, model, loader, sample_rng, args):
+    header = new_header(STATE_MAGIC, 1, 1, 0, 0, int(loader.shuffle))  # 1 process, rank 0, no master weights
+    header[10] = step
+    wide = header.view("<u8")  # 64-bit fields: wide[k] covers slots 2k and 2k+1
+    wide[10] = wide[11] = sample_rng.state  # [20] RNG state, [22] at the last update: fp32 AdamW draws none
+    wide[15], wide[16] = loader.shard_index, loader.sample_index  # [30] shard, [32] next sample in it
+    for slot, _, name, kind in RUN_SETTINGS:
+        header[slot] = encode_setting(getattr(args, name), kind)
+    chunks = [header, model.m_memory.astype("<f4"), model.v_memory.astype("<f4")]
+    if loader.shuffle:
+        chunks += [np.array([len(loader.files)], "<u8"), loader.shard_order.astype("<i4"),
+                   np.array([loader.shard_num_samples], "<u8"), loader.sample_order.astype("<i4"),
+                   mersenne_twister_bytes(loader.rng)]
+    write_atomically(path, chunks)
+
+
+def load_state(path, model, loader, sample_rng, args):
+    """Restores AdamW's moments, the data loader and the sampling RNG; returns the step to continue from."""
+    header = read_header(path, STATE_MAGIC, (1,))
+    differences = [f"{flag} {decode_setting(header[slot], kind)} there, {getattr(args, name)} now"
+                   for slot, flag, name, kind in RUN_SETTINGS if header[slot] != encode_setting(getattr(args, name), kind)]
+    if header[5] != int(loader.shuffle):
+        differences.append(f"data shuffling {'on' if header[5] else 'off'} there, {'on' if loader.shuffle else 'off'} now")
+    if differences:
+        raise GPT2Error(f"{path}: cannot resume with other settings: " + "; ".join(differences))
+    data, offset = np.memmap(path, dtype=np.uint8, mode="r"), HEADER_BYTES
+
+    def take(count, dtype):  # the next `count` values of the body
+        nonlocal offset
+        size = count * np.dtype(dtype).itemsize
+        if offset + size > data.size:
+            raise GPT2Error(f"{path}: truncated: {data.size} bytes, and more were expected")
+        offset += size
+        return data[offset - size:offset].view(dtype)
+
+    model.m_memory[:] = take(model.num_parameters, "<f4")
+    model.v_memory[:] = take(model.num_parameters, "<f4")
+    wide = header.view("<u8")
+    shard_index, sample_index = int(wide[15]), int(wide[16])
+    if loader.shuffle:
+        num_shards = int(take(1, "<u8")[0])
+        if num_shards != len(loader.files):
+            raise GPT2Error(f"{path}: written for {num_shards} shards, but -i matches {len(loader.files)}")
+        shard_order = take(num_shards, "<i4").astype(np.int64)
+        num_samples = int(take(1, "<u8")[0])
+        sample_order = take(num_samples, "<i4").astype(np.int64)
+        loader.resume(shard_index, sample_index, shard_order, sample_order, mersenne_twister_state(take(630, "<u4")))
+        if loader.shard_num_samples != num_samples:
+            raise GPT2Error(f"{path}: written for a shard of {num_samples} batches, but it now has "
+                            f"{loader.shard_num_samples}")
+    else:
+        loader.resume(shard_index, sample_index)
+    if offset != data.size:
+        raise GPT2Error(f"{path}: too long: {data.size} bytes, expected {offset}")
+    sample_rng.state = int(wide[10])
+    return int(header[10])
+
+
+def checkpoint_files(out_dir, step):
+    return [os.path.join(out_dir, f"{kind}_{step:08d}{ext}")
+            for kind, ext in (("model", ".bin"), ("state", ".bin"), ("DONE", ""))]
+
+
+def write_checkpoint(out_dir, step, model, loader, sample_rng, args):
+    model_path, state_path, done_path = checkpoint_files(out_dir, step)
+    save_model(model_path, model)
+    save_state(state_path, step, model, loader, sample_rng, args)
+    open(done_path, "w").close()
+    print(f"wrote checkpoint {model_path}, {state_path}")
+
+
+def latest_checkpoint(out_dir):
+    steps = [int(name[5:]) for name in os.listdir(out_dir) if name.startswith("DONE_") and name[5:].isdigit()]
+    return max(steps) if steps else None
+
+
+def log(out_dir, line, mode="a"):
+    """llm.c's main.log: `s:STEP trl:LOSS lr:LR norm:NORM` for training, `s:STEP tel:LOSS` for validation."""
+    if out_dir:
+        with open(os.path.join(out_dir, "main.log"), mode) as f:
+            f.write(line)
+
+
+def trim_log(out_dir, step):
+    """On resume, drops what the stopped run logged after its checkpoint of `step`, which is logged again."""
+    path = os.path.join(out_dir, "main.log")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if int(line.split()[0][2:]) < step or
+            (int(line.split()[0][2:]) == step and " tel:" in line)]  # step's validation came before its checkpoint
+    log(out_dir, "".join(kept), mode="w")
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
 
 DEFAULT_MODEL = "gpt2_124M.bin"
 DEFAULT_TRAIN = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_train.bin")
@@ -970,39 +1170,72 @@ def parse_args(argv=None):
         description="Train GPT-2 on the CPU. The flags are llm.c's (train_gpt2.cu); the defaults are its CPU demo "
                     "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("-e", "--model", default=DEFAULT_MODEL,
-                        help="llm.c model checkpoint (.bin) to start from, or a model shape to train from scratch: "
-                             "dN / gpt2:dN (GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels)")
-    parser.add_argument("-i", "--train-data", default=DEFAULT_TRAIN, help="glob pattern of training token shards")
-    parser.add_argument("-j", "--val-data", default=DEFAULT_VAL,
-                        help="glob pattern of validation token shards ('' for none)")
-    parser.add_argument("-b", "--batch-size", type=int, default=4, help="B: sequences per batch")
-    parser.add_argument("-t", "--seq-len", type=int, default=64, help="T: tokens per sequence")
-    parser.add_argument("-l", "--learning-rate", type=float, default=1e-4, help="AdamW learning rate")
-    parser.add_argument("-x", "--max-steps", type=int, default=40, help="number of training steps")
-    parser.add_argument("-v", "--val-every", type=int, default=10, help="validation loss every this many steps")
-    parser.add_argument("-m", "--val-max-steps", type=int, default=5, help="batches per validation loss")
-    parser.add_argument("-s", "--sample-every", type=int, default=20, help="sample text every this many steps")
-    parser.add_argument("-g", "--gen-tokens", type=int, default=64, help="tokens per sample, the first being EOT")
+    add = parser.add_argument
+    add("-e", "--model", default=DEFAULT_MODEL,
+        help="llm.c model checkpoint (.bin) to start from, or a model shape to train from scratch: dN / gpt2:dN "
+             "(GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels)")
+    add("-i", "--train-data", default=DEFAULT_TRAIN, help="glob pattern of training token shards")
+    add("-j", "--val-data", default=DEFAULT_VAL, help="glob pattern of validation token shards ('' for none)")
+    add("-o", "--output-dir", default=None, help="directory for main.log and checkpoints")
+    add("-n", "--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps (0: never)")
+    add("-nk", "--checkpoints-keep", type=int, default=0, help="keep only the last K checkpoints (0: all)")
+    add("-y", "--resume", type=int, default=0, choices=(0, 1), help="1: resume from the newest checkpoint in -o")
+    add("-b", "--batch-size", type=int, default=4, help="B: sequences per micro-batch")
+    add("-t", "--seq-len", type=int, default=64, help="T: tokens per sequence")
+    add("-d", "--total-batch-size", type=int, default=None,
+        help="tokens per optimizer step, reached by accumulating gradients over micro-batches of B*T (default B*T)")
+    add("-x", "--max-steps", type=int, default=None,
+        help="optimizer steps (default 40, or one epoch of the training shards when -d is given)")
+    add("-l", "--learning-rate", type=float, default=1e-4, help="peak AdamW learning rate")
+    add("-k", "--schedule", default="cosine", choices=SCHEDULES, help="learning rate schedule")
+    add("-u", "--warmup", type=int, default=0, help="learning rate warmup steps")
+    add("-q", "--final-frac", type=float, default=1.0,
+        help="final learning rate as a fraction of -l (1.0: no decay, so cosine is constant)")
+    add("-c", "--weight-decay", type=float, default=0.0, help="AdamW weight decay, on the 2-D tensors only")
+    add("--beta1", type=float, default=0.9, help="AdamW beta1")
+    add("--beta2", type=float, default=0.999, help="AdamW beta2")
+    add("--grad-clip", type=float, default=0.0, help="clip the global gradient norm to this (0: no clipping)")
+    add("-a", "--overfit", type=int, default=0, choices=(0, 1),
+        help="1: train on the first batch of the validation data over and over, a check that the model learns")
+    add("-v", "--val-every", type=int, default=10, help="validation loss every this many steps (0: never)")
+    add("-m", "--val-max-steps", type=int, default=5, help="batches per validation loss")
+    add("-s", "--sample-every", type=int, default=20, help="sample text every this many steps (0: never)")
+    add("-g", "--gen-tokens", type=int, default=64, help="tokens per sample, the first being EOT")
     args = parser.parse_args(argv)
     for name in ("batch_size", "seq_len", "gen_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("max_steps", "val_every", "val_max_steps", "sample_every"):
-        if getattr(args, name) < 0:
+    for name in ("max_steps", "val_every", "val_max_steps", "sample_every", "checkpoint_every", "checkpoints_keep",
+                 "warmup", "weight_decay", "grad_clip"):
+        if (getattr(args, name) or 0) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     if args.sample_every and args.gen_tokens > args.seq_len:
         parser.error(f"--gen-tokens {args.gen_tokens} is more than the sequence length {args.seq_len}")
+    tokens_per_micro_batch = args.batch_size * args.seq_len
+    if args.total_batch_size is not None and (args.total_batch_size <= 0
+                                              or args.total_batch_size % tokens_per_micro_batch):
+        parser.error(f"-d {args.total_batch_size} must be a positive multiple of B*T = {tokens_per_micro_batch}")
+    if (args.checkpoint_every or args.resume) and not args.output_dir:
+        parser.error("-n and -y need an output directory, -o")
     return args
 
 
+def config_of(name):
+    """The model shape that -e names, without building the model."""
+    if not name.endswith(".bin"):
+        return config_from_descriptor(name)
+    if name == DEFAULT_MODEL and not os.path.exists(name):
+        return config_from_descriptor("d12")
+    return config_from_header(read_header(name, MODEL_MAGIC, (3, 5)))
+
+
 def load_or_build_model(name):
-    if name.endswith(".bin"):
-        if name == DEFAULT_MODEL and not os.path.exists(name):
-            print(f"{name} not found: training the GPT-2 124M shape (d12) from scratch")
-            return build_from_descriptor("d12")
-        return load_model(name)
-    return build_from_descriptor(name)
+    if not name.endswith(".bin"):
+        return build_from_descriptor(name)
+    if name == DEFAULT_MODEL and not os.path.exists(name):
+        print(f"{name} not found: training the GPT-2 124M shape (d12) from scratch")
+        return build_from_descriptor("d12")
+    return load_model(name)
 
 
 def load_or_write_tokenizer(path=TOKENIZER_FILE):
@@ -1012,23 +1245,56 @@ def load_or_write_tokenizer(path=TOKENIZER_FILE):
     return read_tokenizer(path)
 
 
+def validation_loss(model, loader, max_batches):
+    loader.reset()
+    num_batches = min(max_batches, loader.num_tokens // (loader.B * loader.T))
+    return sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
+
+
 def train(args):
     started = time.perf_counter()
-    model = load_or_build_model(args.model)
-    cfg, B, T = model.config, args.batch_size, args.seq_len
+    B, T = args.batch_size, args.seq_len
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+    resume_step = latest_checkpoint(args.output_dir) if args.resume else None
+    if args.resume and resume_step is None:
+        print(f"no complete checkpoint in {args.output_dir}: starting from the beginning")
+
+    # the model: from -e, or from the checkpoint being resumed, which must have the shape -e names
+    if resume_step is None:
+        model = load_or_build_model(args.model)
+    else:
+        model_path = checkpoint_files(args.output_dir, resume_step)[0]
+        model = load_model(model_path)
+        wanted = config_of(args.model)
+        if vars(wanted) != vars(model.config):
+            differences = [f"{key} {value} there, {vars(wanted)[key]} from -e {args.model}"
+                           for key, value in vars(model.config).items() if vars(wanted)[key] != value]
+            raise GPT2Error(f"{model_path}: cannot resume with another model: " + "; ".join(differences))
+    cfg = model.config
     print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
           f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
           f"{cfg.channels}, num_parameters {model.num_parameters:,}")
     if T > cfg.max_seq_len:
         raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {cfg.max_seq_len}")
+
+    # the data; as llm.c, overfitting (-a 1) trains on the first batches of the validation set, unshuffled
     if (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
             os.path.exists(DEFAULT_TRAIN) and os.path.exists(DEFAULT_VAL)):
         print(f"{DEFAULT_TRAIN} not found: preparing Tiny Shakespeare")
         prepare_tinyshakespeare()
-    train_loader = DataLoader(args.train_data, B, T, cfg.vocab_size, shuffle=True)
+    train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, cfg.vocab_size,
+                              shuffle=not args.overfit)
     val_loader = DataLoader(args.val_data, B, T, cfg.vocab_size) if args.val_data else None
+    args.total_batch_size = args.total_batch_size or B * T
+    grad_accum_steps = args.total_batch_size // (B * T)
+    if args.max_steps is None:
+        args.max_steps = train_loader.num_tokens // args.total_batch_size if args.total_batch_size > B * T else 40
     print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s)"
-          + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else ""))
+          + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else "")
+          + f"; {args.max_steps} steps of {args.total_batch_size} tokens = {grad_accum_steps} micro-batch(es) "
+            f"of B={B} x T={T}")
+
     if args.sample_every:
         pieces, eot = load_or_write_tokenizer()
         if len(pieces) != cfg.vocab_size:
@@ -1036,33 +1302,63 @@ def train(args):
                   f"({len(pieces)}, {TOKENIZER_FILE})")
             args.sample_every = 0
     model.allocate(B, T)
-    rng = XorShift(1337)
-    print(f"B={B} T={T}; activations {model.acts_memory.nbytes / 2**20:.0f} MiB, parameters, gradients and "
-          f"AdamW state {4 * model.params_memory.nbytes / 2**20:.0f} MiB")
+    sample_rng = XorShift(1337)
+    start_step = 0
+    if resume_step is not None:
+        start_step = load_state(checkpoint_files(args.output_dir, resume_step)[1], model, train_loader, sample_rng,
+                                args)
+        trim_log(args.output_dir, start_step)
+        print(f"resumed from the checkpoint of step {start_step} in {args.output_dir}")
+    else:
+        log(args.output_dir, "", mode="w")  # a fresh run starts a fresh log
+    print(f"activations {model.acts_memory.nbytes / 2**20:.0f} MiB; parameters, gradients and AdamW state "
+          f"{4 * model.params_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
 
-    for step in range(args.max_steps + 1):
+    training_time = 0.0
+    for step in range(start_step, args.max_steps + 1):
         last_step = step == args.max_steps
-        if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
-            val_loader.reset()
-            num_batches = min(args.val_max_steps, val_loader.num_tokens // (B * T))
-            val_loss = sum(model.forward(*val_loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
-            print(f"val loss {val_loss:f}")
-        if args.sample_every and ((step > 0 and step % args.sample_every == 0) or last_step):
-            print("generating:\n---")
-            generate(model, pieces, eot, rng, args.gen_tokens)
-            print("\n---")
+        # a resumed run's first step already had its validation, sample and checkpoint before the checkpoint
+        if not (resume_step is not None and step == start_step):
+            if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
+                val_loss = validation_loss(model, val_loader, args.val_max_steps)
+                print(f"val loss {val_loss:f}")
+                log(args.output_dir, f"s:{step} tel:{val_loss:.4f}\n")
+            if args.sample_every and ((step > 0 and step % args.sample_every == 0) or last_step):
+                print("generating:\n---")
+                generate(model, pieces, eot, sample_rng, args.gen_tokens)
+                print("\n---")
+            if args.checkpoint_every and ((step > 0 and step % args.checkpoint_every == 0) or last_step):
+                write_checkpoint(args.output_dir, step, model, train_loader, sample_rng, args)
+                old_step = step - args.checkpoints_keep * args.checkpoint_every
+                if args.checkpoints_keep and old_step > 0:
+                    for path in checkpoint_files(args.output_dir, old_step):
+                        if os.path.exists(path):
+                            os.remove(path)
         if last_step:
             break
+
+        # one optimizer step over total_batch_size tokens, accumulating gradients over micro-batches
         step_start = time.perf_counter()
-        inputs, targets = train_loader.next_batch()
-        loss = model.forward(inputs, targets)
-        if not math.isfinite(loss):
-            raise GPT2Error(f"the training loss is {loss} at step {step}: the run diverged (lower -l?)")
+        if args.overfit:
+            train_loader.reset()
         model.zero_grad()
-        model.backward()
-        adamw_update(model, args.learning_rate, 0.9, 0.999, 1e-8, 0.0, step + 1)
+        loss = 0.0
+        for _ in range(grad_accum_steps):
+            micro_loss = model.forward(*train_loader.next_batch())
+            if not math.isfinite(micro_loss):
+                raise GPT2Error(f"the training loss is {micro_loss} at step {step}: the run diverged (lower -l?)")
+            loss += micro_loss / grad_accum_steps
+            model.backward(loss_scale=1.0 / grad_accum_steps)
+        norm = gradient_norm(model)
+        grad_scale = args.grad_clip / norm if 0 < args.grad_clip < norm else 1.0
+        lr = learning_rate(args.schedule, step, args.learning_rate, args.warmup, args.final_frac, args.max_steps)
+        adamw_update(model, lr, args.beta1, args.beta2, 1e-8, args.weight_decay, step + 1, grad_scale)
         took = time.perf_counter() - step_start
-        print(f"step {step}: train loss {loss:f} (took {took * 1000:f} ms) {B * T / took:.0f} tok/s", flush=True)
+        training_time += took
+        eta = training_time / (step + 1 - start_step) * (args.max_steps - step - 1)
+        print(f"step {step}: train loss {loss:f} (took {took * 1000:f} ms) | norm {norm:.4f} | lr {lr:.2e} | "
+              f"{args.total_batch_size / took:.0f} tok/s | ETA {format_duration(eta)}", flush=True)
+        log(args.output_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
     print(f"total time {time.perf_counter() - started:.1f} s")
 
 

@@ -1,0 +1,447 @@
+"""Tests of the dataset scripts in dev/data/: tinyshakespeare.py, tinystories.py, fineweb.py and data_common.py.
+
+Offline and fast: every input is small and made here in tmp_path (text, JSON, JSON lines, parquet, a .tar.gz
+served from 127.0.0.1). The shards must hold exactly what the GPT-2 tokenizer makes of the documents, with EOT
+before each; splits, names and headers as llm.c has them; reruns write nothing, resumed runs the same bytes as
+fresh ones; and bad input is one line on stderr and a non-zero status.
+"""
+
+import functools
+import http.server
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DATA_DIR = os.path.join(ROOT, "dev", "data")
+sys.path.insert(0, DATA_DIR)
+
+import data_common  # noqa: E402
+import fineweb  # noqa: E402
+import tinyshakespeare  # noqa: E402
+import tinystories  # noqa: E402
+import train_gpt2  # noqa: E402
+from train_gpt2 import EOT_TOKEN, HEADER_BYTES, read_shard_header  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def enc():
+    """The GPT-2 encoding, made once and offline (as test_gpt2.py does), for the in-process runs below too."""
+    encoding = train_gpt2.gpt2_encoding_offline()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data_common, "gpt2_encoding", lambda: encoding)
+        patch.setattr(train_gpt2, "gpt2_encoding", lambda: encoding)
+        yield encoding
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+WORDS = ["Once upon a time", "a little dragon", "named Lily", "found a shiny stone", "in the garden.",
+         "She was happy", "and said \"Hello!\"", "The café was warm;", "日本語 and ünïcödé", "🐉 flew away.",
+         "Tom's dog", "did not want to share", "—so they played", "together\n\nall day."]
+
+
+def make_texts(seed, count, words=12):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, words))) for _ in range(count)]
+
+
+def shard_tokens(path):
+    """A shard's tokens, after checking its whole header."""
+    n = read_shard_header(path)
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert (header[0], header[1], header[2]) == (20240520, 1, n)
+    assert not header[3:].any()
+    tokens = np.fromfile(path, dtype="<u2", offset=HEADER_BYTES)
+    assert tokens.size == n
+    return tokens
+
+
+def token_stream(enc, texts):
+    """What every shard format here holds: [EOT] + encode_ordinary(text) for each text, in order."""
+    tokens = []
+    for text in texts:
+        tokens.append(EOT_TOKEN)
+        tokens.extend(enc.encode_ordinary(text))
+    return np.array(tokens, dtype=np.uint16)
+
+
+def shards_in(directory, pattern):
+    return sorted(p for p in directory.glob(pattern))
+
+
+def concatenated(paths):
+    return np.concatenate([shard_tokens(p) for p in paths])
+
+
+def snapshot(directory):
+    """Every file's bytes and (inode, modification time): equal snapshots mean nothing was rewritten."""
+    return {p.name: (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.iterdir()}
+
+
+def contents(directory):
+    return {name: data for name, (data, _, _) in snapshot(directory).items()}
+
+
+def run_main(module, argv):
+    return module.main([str(arg) for arg in argv])
+
+
+def run_script(script, *args, cwd):
+    return subprocess.run([sys.executable, os.path.join(DATA_DIR, script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# TinyStories-format input: data00.json (val), data01.json, data02.json (train), lists of {"story": ...}
+
+def make_tinystories(directory, files=3, stories=30, seed=0):
+    directory.mkdir(parents=True, exist_ok=True)
+    records = []
+    for f in range(files):
+        texts = make_texts(seed + f, stories)
+        rows = [{"story": f"  {text}\n", "instruction": {"words": ["x"]}, "source": "GPT-4"} for text in texts]
+        (directory / f"data{f:02d}.json").write_text(json.dumps(rows, ensure_ascii=f % 2 == 0), encoding="utf-8")
+        records.append(rows)
+    return records
+
+
+def tinystories_expected(enc, records):
+    """llm.c's recipe: each file's records shuffled with Random(1337 + index in its split), stories stripped."""
+    splits = {}
+    for split, files in (("val", records[:1]), ("train", records[1:])):
+        texts = []
+        for i, rows in enumerate(files):
+            rows = list(rows)
+            random.Random(1337 + i).shuffle(rows)
+            texts.extend(r["story"].strip() for r in rows if r["story"] is not None and r["story"].strip())
+        splits[split] = token_stream(enc, texts)
+    return splits
+
+
+# FineWeb-format input: JSON lines of {"text": ...}, and parquet files with a "text" column
+
+def make_jsonl(path, texts):
+    with open(path, "wb") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text, "id": "<urn:x>", "url": "http://example.com"}).encode() + b"\n")
+
+
+def check_fineweb_shards(out, expected, shard_size, name="fineweb"):
+    val = shards_in(out, f"{name}_val_*.bin")
+    train = shards_in(out, f"{name}_train_*.bin")
+    assert [p.name for p in val] == [f"{name}_val_000000.bin"]
+    assert [p.name for p in train] == [f"{name}_train_{i:06d}.bin" for i in range(1, len(train) + 1)]
+    sizes = [read_shard_header(p) for p in val + train]
+    assert all(size == shard_size for size in sizes[:-1]) and 0 < sizes[-1] <= shard_size
+    np.testing.assert_array_equal(concatenated(val + train), expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tinyshakespeare.py
+
+SHAKESPEARE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+               "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n")
+
+
+def test_tinyshakespeare_writes_shards_and_tokenizer(tmp_path, monkeypatch, enc):
+    (tmp_path / "input.txt").write_text(SHAKESPEARE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert run_main(tinyshakespeare, ["--input", "input.txt"]) == 0
+    out = tmp_path / "data" / "tinyshakespeare"  # the trainer's default data, relative to the current directory
+    text = "<|endoftext|>" + SHAKESPEARE.replace("\n\n", "\n\n<|endoftext|>")
+    expected = enc.encode(text, allowed_special={"<|endoftext|>"})
+    assert expected.count(EOT_TOKEN) == 4
+    np.testing.assert_array_equal(shard_tokens(out / "tiny_shakespeare_val.bin"), expected[:32768])
+    assert shard_tokens(out / "tiny_shakespeare_train.bin").size == 0
+    pieces, eot = train_gpt2.read_tokenizer(tmp_path / "gpt2_tokenizer.bin")
+    assert (len(pieces), eot) == (50257, EOT_TOKEN)
+    assert pieces[EOT_TOKEN] == b"<|endoftext|>" and b"".join(pieces[t] for t in expected) == text.encode()
+    before = contents(tmp_path / "data" / "tinyshakespeare"), (tmp_path / "gpt2_tokenizer.bin").read_bytes()
+    assert run_main(tinyshakespeare, ["--input", "input.txt"]) == 0
+    assert (contents(out), (tmp_path / "gpt2_tokenizer.bin").read_bytes()) == before
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "invalid UTF-8"])
+def test_tinyshakespeare_bad_input(tmp_path, case):
+    content, fragment = {"missing": (None, "cannot open"), "empty": (b"\n \n", "no text"),
+                         "invalid UTF-8": (b"To be \xff or not", "not UTF-8")}[case]
+    path = tmp_path / "input.txt"
+    if content is not None:
+        path.write_bytes(content)
+    result = run_script("tinyshakespeare.py", "--input", path, "--out-dir", tmp_path / "out", cwd=tmp_path)
+    assert_one_error_line(result, "input.txt", fragment)
+    assert not (tmp_path / "gpt2_tokenizer.bin").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tinystories.py
+
+def test_tinystories_one_file_per_split_as_llmc(tmp_path, enc, capsys):
+    records = make_tinystories(tmp_path / "in")
+    records[1][4]["story"] = " \n "                    # empty once stripped
+    records[2][7]["story"] = None                      # missing
+    (tmp_path / "in" / "data01.json").write_text(json.dumps(records[1]), encoding="utf-8")
+    raw = json.dumps(records[2]).replace('"story": "', '"story": "INVALID', 1).encode()
+    (tmp_path / "in" / "data02.json").write_bytes(raw.replace(b"INVALID", b"\xc3\x28", 1))  # not UTF-8
+    records[2][0]["story"] = None                      # which the expected stream must skip
+
+    out = tmp_path / "out"
+    assert run_main(tinystories, ["--input", tmp_path / "in", "--out-dir", out, "--workers", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["TinyStories.progress.json", "TinyStories_train.bin",
+                                                      "TinyStories_val.bin"]
+    expected = tinystories_expected(enc, records)
+    np.testing.assert_array_equal(shard_tokens(out / "TinyStories_val.bin"), expected["val"])
+    np.testing.assert_array_equal(shard_tokens(out / "TinyStories_train.bin"), expected["train"])
+    printed = capsys.readouterr().out
+    assert "train split: 57 documents; 2 documents empty" in printed
+    assert "1 document not valid UTF-8 (first: " + str(tmp_path / "in" / "data02.json") + " record 0)" in printed
+    # the trainer reads them
+    loader = train_gpt2.DataLoader(str(out / "TinyStories_train*"), 2, 8, 50257)
+    inputs, targets = loader.next_batch()
+    np.testing.assert_array_equal(inputs.ravel(), expected["train"][:16])
+    np.testing.assert_array_equal(targets.ravel(), expected["train"][1:17])
+
+
+def test_tinystories_numbered_shards_rerun_and_workers(tmp_path, enc):
+    records = make_tinystories(tmp_path / "in", files=4)
+    expected = tinystories_expected(enc, records)
+    out, args = tmp_path / "out", ["--input", tmp_path / "in", "--shard-size", "250"]
+    assert run_main(tinystories, [*args, "--out-dir", out, "--workers", "1"]) == 0
+    for split in ("val", "train"):
+        paths = shards_in(out, f"TinyStories_{split}*")
+        assert [p.name for p in paths] == [f"TinyStories_{split}_{i:06d}.bin" for i in range(len(paths))]
+        assert len(paths) > 1 and all(read_shard_header(p) == 250 for p in paths[:-1])
+        np.testing.assert_array_equal(concatenated(paths), expected[split])
+    first = snapshot(out)
+    assert run_main(tinystories, [*args, "--out-dir", out, "--workers", "1"]) == 0
+    assert snapshot(out) == first  # nothing rewritten
+    assert run_main(tinystories, [*args, "--out-dir", tmp_path / "pool", "--workers", "2"]) == 0
+    assert contents(tmp_path / "pool") == contents(out)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_tinystories_archive_download_and_local(tmp_path, monkeypatch, enc):
+    records = make_tinystories(tmp_path / "in")
+    (tmp_path / "served").mkdir()
+    with tarfile.open(tmp_path / "served" / "TinyStories_all_data.tar.gz", "w:gz") as tar:
+        for f in range(3):
+            tar.add(tmp_path / "in" / f"data{f:02d}.json", arcname=f"data{f:02d}.json")
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path / "served")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/TinyStories_all_data.tar.gz"
+        assert run_main(tinystories, ["--url", url, "--out-dir", tmp_path / "dl", "--workers", "1"]) == 0
+        assert run_main(tinystories, ["--url", url + ".missing", "--out-dir", tmp_path / "dl2", "--workers", "1"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "dl" / "TinyStories_all_data.tar.gz").read_bytes() == \
+        (tmp_path / "served" / "TinyStories_all_data.tar.gz").read_bytes()
+    archive = tmp_path / "served" / "TinyStories_all_data.tar.gz"
+    assert run_main(tinystories, ["--input", archive, "--out-dir", tmp_path / "local", "--workers", "1"]) == 0
+    expected = tinystories_expected(enc, records)
+    for out in ("dl", "local"):
+        assert sorted(p.name for p in (tmp_path / out / "TinyStories_all_data").iterdir()) == \
+            ["data00.json", "data01.json", "data02.json"]
+        for split in ("val", "train"):
+            np.testing.assert_array_equal(shard_tokens(tmp_path / out / f"TinyStories_{split}.bin"), expected[split])
+    assert not (tmp_path / "dl2" / "TinyStories_all_data.tar.gz").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "malformed JSON"])
+def test_tinystories_bad_input(tmp_path, case):
+    files, fragments = {
+        "missing": ({}, ("data00.json", "no such file")),
+        "empty": ({"data00.json": b"[]", "data01.json": b"[]"}, ("val split: no usable documents",)),
+        "malformed JSON": ({"data00.json": b'[{"story": "x"}', "data01.json": b"[]"},
+                           ("data00.json", "the file is not valid JSON")),
+    }[case]
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    result = run_script("tinystories.py", "--input", tmp_path / "data00.json", tmp_path / "data01.json",
+                        "--out-dir", tmp_path / "out", "--workers", "1", cwd=tmp_path)
+    assert_one_error_line(result, *fragments)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fineweb.py
+
+def test_fineweb_jsonl_val_then_train_and_problems(tmp_path, enc, capsys):
+    texts = make_texts(1, 60, words=20)
+    make_jsonl(tmp_path / "a.jsonl", texts[:30])
+    with open(tmp_path / "b.jsonl", "wb") as f:
+        f.write(b'{"text": "caf\xe9 is Latin-1, not UTF-8"}\n')  # undecodable
+        f.write(b'{"text": ""}\n{"text": null}\n\n')           # three empty documents
+        for text in texts[30:]:
+            f.write(json.dumps({"text": text}, ensure_ascii=False).encode() + b"\n")
+    out = tmp_path / "out"
+    assert run_main(fineweb, ["--input", tmp_path, "--out-dir", out, "--shard-size", "300", "--workers", "1"]) == 0
+    check_fineweb_shards(out, token_stream(enc, texts), 300)
+    printed = capsys.readouterr().out
+    assert f"fineweb: 60 documents; 3 documents empty (first: {tmp_path / 'b.jsonl'} line 2, " in printed
+    assert f"1 document not valid UTF-8 (first: {tmp_path / 'b.jsonl'} line 1)" in printed
+    assert run_main(fineweb, ["--input", tmp_path / "a.jsonl", "-t", "edu", "-o", tmp_path / "edu", "-s", "50"]) == 0
+    check_fineweb_shards(tmp_path / "edu", token_stream(enc, texts[:30]), 50, name="edu_fineweb")
+
+
+def test_fineweb_parquet_and_resume_inside_row_groups(tmp_path, monkeypatch, enc):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    texts = make_texts(2, 120, words=25)
+    texts[5] = None
+    pq.write_table(pa.table({"text": texts[:70], "id": list(range(70))}), tmp_path / "000_00000.parquet",
+                   row_group_size=16)
+    pq.write_table(pa.table({"text": pa.array(texts[70:], pa.large_string())}), tmp_path / "001_00000.parquet",
+                   row_group_size=7)
+    expected = token_stream(enc, [t for t in texts if t is not None])
+    args = ["--input", tmp_path, "--shard-size", "400", "--workers", "1"]
+    assert run_main(fineweb, [*args, "--out-dir", tmp_path / "fresh"]) == 0
+    check_fineweb_shards(tmp_path / "fresh", expected, 400)
+
+    # interrupted while writing its 6th shard, then rerun: the rerun tokenizes only from the 5th shard's end on
+    write_shard, writes = data_common.write_shard, []
+
+    def interrupted(path, tokens):
+        writes.append(path)
+        if len(writes) == 6:
+            raise KeyboardInterrupt
+        write_shard(path, tokens)
+    monkeypatch.setattr(data_common, "write_shard", interrupted)
+    out = tmp_path / "out"
+    assert run_main(fineweb, [*args, "--out-dir", out]) == 130
+    monkeypatch.setattr(data_common, "write_shard", write_shard)
+    assert len(shards_in(out, "fineweb_*.bin")) == 5
+    before = snapshot(out)
+    tokenize_texts, tokenized = data_common.tokenize_texts, []
+
+    def counting(batch):
+        tokenized.extend(batch)
+        return tokenize_texts(batch)
+    monkeypatch.setattr(data_common, "tokenize_texts", counting)
+    assert run_main(fineweb, [*args, "--out-dir", out]) == 0
+    after = snapshot(out)
+    assert all(after[name] == before[name] for name in before if name.endswith(".bin"))  # not rewritten
+    with open(out / "fineweb.progress.json") as f:
+        unit, doc, _ = json.load(f)["streams"]["all"]["shards"][4]["next"]
+    assert len(tokenized) == (70 if unit == 0 else 0) + 50 - doc  # from the 5th shard's end on, and no more
+    assert doc > 16 and tokenized[-1] == texts[-1]                # (past the first row group)
+    assert contents(out) == contents(tmp_path / "fresh")
+
+
+def test_fineweb_resume_rewrites_damaged_shard_and_restarts_on_new_settings(tmp_path, enc, capsys):
+    texts = make_texts(3, 80, words=20)
+    make_jsonl(tmp_path / "docs.jsonl", texts)
+    out, args = tmp_path / "out", ["--input", tmp_path / "docs.jsonl", "--out-dir", tmp_path / "out", "-w", "1"]
+    assert run_main(fineweb, [*args, "-s", "500"]) == 0
+    first = snapshot(out)
+    damaged = out / "fineweb_train_000002.bin"
+    damaged.write_bytes(damaged.read_bytes()[:-2])  # truncated
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    (out / f".fineweb_train_000003.bin.tmp{process.pid}").write_bytes(b"what a killed run left")
+    assert run_main(fineweb, [*args, "-s", "500"]) == 0
+    after = snapshot(out)
+    assert contents(out) == {name: data for name, (data, _, _) in first.items()}  # and the leftover is gone
+    assert after["fineweb_val_000000.bin"] == first["fineweb_val_000000.bin"]
+    assert after["fineweb_train_000001.bin"] == first["fineweb_train_000001.bin"]
+
+    (out / "fineweb_train_000099.bin").write_bytes(b"")  # a file not from this run
+    capsys.readouterr()
+    assert run_main(fineweb, [*args, "-s", "700"]) == 0
+    captured = capsys.readouterr()
+    assert "changed since the last run" in captured.out
+    assert "fineweb_train_000099.bin is not from this run" in captured.err
+    (out / "fineweb_train_000099.bin").unlink()
+    check_fineweb_shards(out, token_stream(enc, texts), 700)
+
+
+def test_fineweb_single_shard_warns_of_no_training_split(tmp_path, enc, capsys):
+    make_jsonl(tmp_path / "docs.jsonl", ["one small document", "and another"])
+    assert run_main(fineweb, ["--input", tmp_path / "docs.jsonl", "--out-dir", tmp_path / "out", "-w", "1"]) == 0
+    assert [p.name for p in (tmp_path / "out").glob("*.bin")] == ["fineweb_val_000000.bin"]
+    assert "no training split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "invalid UTF-8", "malformed JSON"])
+def test_fineweb_bad_input(tmp_path, case):
+    content, fragments = {
+        "missing": (None, ("docs.jsonl", "no such file")),
+        "empty": (b"", ("fineweb: no usable documents",)),
+        "invalid UTF-8": (b'{"text": "\xff\xfe"}\n', ("no usable documents: 1 document not valid UTF-8",)),
+        "malformed JSON": (b'{"text": "a"}\n{"text": \n', ("docs.jsonl: line 2 is not valid JSON",)),
+    }[case]
+    if content is not None:
+        (tmp_path / "docs.jsonl").write_bytes(content)
+    result = run_script("fineweb.py", "--input", tmp_path / "docs.jsonl", "--out-dir", tmp_path / "out",
+                        "--workers", "1", cwd=tmp_path)
+    assert_one_error_line(result, *fragments)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data_common's pieces
+
+def test_dataset_unit_reads_from_any_row():
+    class FakeDataset:  # what datasets.Dataset gives: len(), and slices as {column: [values]}
+        def __init__(self, texts):
+            self.texts = texts
+
+        def __len__(self):
+            return len(self.texts)
+
+        def __getitem__(self, rows):
+            return {"text": self.texts[rows]}
+    texts = [f"document {i}" for i in range(2500)]
+    unit = data_common.DatasetUnit(FakeDataset(texts), "text", "fake")
+    assert list(unit.documents()) == texts
+    assert list(unit.documents(1999)) == texts[1999:]
+    assert unit.where(7) == "fake row 7"
+
+
+def test_tokenize_texts_counts_what_it_cannot_use(enc):
+    tokens, lengths = data_common.tokenize_texts(["Hello world", None, "  \n", "bad \udcff byte", "é"])
+    assert lengths.tolist() == [3, data_common.EMPTY, data_common.EMPTY, data_common.UNDECODABLE,
+                                1 + len(enc.encode_ordinary("é"))]
+    np.testing.assert_array_equal(tokens, token_stream(enc, ["Hello world", "é"]))
+    assert tokens.dtype == np.uint16
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_meter_shows_tokens_per_second(capsys):
+    meter = data_common.Meter("shard 0", every=0.0, out=io.StringIO())  # not a terminal: plain lines
+    meter.update(1000)
+    meter.close()
+    assert "shard 0: 1,000 tokens, " in capsys.readouterr().out
+    pytest.importorskip("tqdm")
+    terminal = FakeTerminal()
+    meter = data_common.Meter("shard 0", out=terminal)
+    meter.update(1000)
+    meter.close()
+    assert "tokens/s" in terminal.getvalue() and "1.00k" in terminal.getvalue()
