@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -378,11 +379,19 @@ def test_descriptors():
 def test_init_from_descriptor_follows_llmc():
     model = g.build_from_descriptor("d6")
     p, cfg = model.params, model.config
+    # llm.c's gpt_build_from_descriptor("d6"), compiled from llm.c's sources, prints these float32 values (as
+    # exact decimals) for the first weights it draws (wte), for layer 0's attention projection (scaled by
+    # 1/sqrt(2L)) and for the last weights it draws (layer 5's MLP projection)
+    assert p.wte[0, :4].tolist() == [0.03853829950094223, 0.029745683073997498, 0.018014343455433846,
+                                     -0.04211042821407318]
+    assert p.attprojw[0].ravel()[:4].tolist() == [0.00692613422870636, -0.004702634643763304,
+                                                  0.0046526649966835976, -0.009493827819824219]
+    assert p.fcprojw[5].ravel()[-4:].tolist() == [-0.0012744128471240401, -0.0038539080414921045,
+                                                  -0.005731486715376377, 0.0051993620581924915]
     rng = g.MersenneTwister(42)  # llm.c draws wte (its V real rows), wpe, then per layer qkvw, attprojw, fcw, fcprojw
     np.testing.assert_array_equal(p.wte[:cfg.vocab_size].ravel(), rng.normal(cfg.vocab_size * cfg.channels, 0.02))
     np.testing.assert_array_equal(p.wpe.ravel(), rng.normal(p.wpe.size, 0.02))
     np.testing.assert_array_equal(p.qkvw[0].ravel(), rng.normal(p.qkvw[0].size, 0.02))
-    np.testing.assert_array_equal(p.attprojw[0].ravel(), rng.normal(p.attprojw[0].size, np.float32(0.02 / math.sqrt(12))))
     assert np.all(p.wte[cfg.vocab_size:] == 0)
     for name in ("ln1w", "ln2w", "lnfw"):
         assert np.all(getattr(p, name) == 1)
@@ -685,3 +694,161 @@ def test_error_is_one_line_without_traceback(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr == "error: missing.bin: cannot open: No such file or directory\n"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The full trainer: schedules, accumulation, clipping, checkpoints and resume, logs
+
+def test_learning_rate_schedules():
+    lr, warmup, frac, steps = 1e-3, 10, 0.1, 100
+    schedule = {name: [g.learning_rate(name, s, lr, warmup, frac, steps) for s in range(steps + 1)]
+                for name in g.SCHEDULES}
+    for name in ("cosine", "linear", "wsd"):
+        np.testing.assert_allclose(schedule[name][:warmup], lr * np.arange(1, warmup + 1) / warmup)
+    assert schedule["constant"] == [lr] * (steps + 1)
+    decay = (np.arange(warmup, steps + 1) - warmup) / (steps - warmup)
+    np.testing.assert_allclose(schedule["cosine"][warmup:], lr * frac + 0.5 * (1 + np.cos(np.pi * decay)) * lr * (1 - frac))
+    np.testing.assert_allclose(schedule["linear"][warmup:], lr - decay * lr * (1 - frac))
+    np.testing.assert_allclose(schedule["wsd"][warmup:80], lr)  # stable until 80% of the steps
+    wsd_decay = (np.arange(80, steps + 1) - 80) / 20
+    np.testing.assert_allclose(schedule["wsd"][80:], lr * frac + (1 - np.sqrt(wsd_decay)) * lr * (1 - frac))
+    assert schedule["cosine"][-1] == pytest.approx(lr * frac)
+    # llm.c's CPU demo: cosine with no warmup and final fraction 1 is constant
+    assert {g.learning_rate("cosine", s, lr, 0, 1.0, steps) for s in range(steps)} == {lr}
+
+
+def test_accumulation_equals_one_larger_batch():
+    model = g.load_model(FIXTURE_MODEL)
+    rng = np.random.default_rng(11)
+    x, y = rng.integers(0, 500, (6, 16), dtype=np.int32), rng.integers(0, 500, (6, 16), dtype=np.int32)
+    model.allocate(6, 16)
+    model.zero_grad()
+    model.forward(x, y)
+    model.backward()
+    whole = model.grads_memory.copy()
+    model.zero_grad()
+    for part in range(3):  # three micro-batches of 2 sequences
+        model.forward(x[2 * part:2 * part + 2], y[2 * part:2 * part + 2])
+        model.backward(loss_scale=1 / 3)
+    difference = np.abs(model.grads_memory - whole).max()
+    print(f"accumulated vs whole batch: largest difference {difference:.2e}, largest gradient {np.abs(whole).max():.2e}")
+    assert difference <= 1e-6 * np.abs(whole).max() * 10
+
+
+def test_gradient_norm_and_clipping():
+    model = random_model(tiny_config(), np.float64)
+    rng = np.random.default_rng(12)
+    model.grads_memory[:] = rng.standard_normal(model.num_parameters)
+    assert g.gradient_norm(model) == pytest.approx(np.linalg.norm(model.grads_memory), rel=1e-12)
+    clipped = g.GPT2(model.config, model.params_memory.copy())
+    clipped.grads_memory[:] = model.grads_memory * 0.25
+    g.adamw_update(model, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1, grad_scale=0.25)  # clipping scales the gradients
+    g.adamw_update(clipped, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
+    np.testing.assert_allclose(model.params_memory, clipped.params_memory, rtol=1e-12)
+    np.testing.assert_allclose(model.m_memory, clipped.m_memory, rtol=1e-12)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """Three small training shards and a validation shard for the fixture's 500-token vocabulary."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(13)
+    for i in range(3):
+        write_tokens(tmp_path / f"train_{i}.bin", rng.integers(0, 500, 400 + 37 * i))
+    write_tokens(tmp_path / "val.bin", rng.integers(0, 500, 300))
+    return tmp_path
+
+
+def trainer_args(run_dir, out, *extra):
+    return ["-e", FIXTURE_MODEL, "-i", str(run_dir / "train_*.bin"), "-j", str(run_dir / "val.bin"), "-o", str(out),
+            "-b", "2", "-t", "8", "-d", "32", "-k", "cosine", "-u", "3", "-q", "0.1", "-c", "0.1", "--beta2", "0.95",
+            "--grad-clip", "1.0", "-s", "0", "-v", "5", *extra]
+
+
+def read_log(out):
+    return (out / "main.log").read_text()
+
+
+def test_log_lines_parse(run_dir, capsys):
+    assert g.main(trainer_args(run_dir, run_dir / "out", "-x", "12")) == 0
+    lines = read_log(run_dir / "out").splitlines()
+    train = [line for line in lines if " trl:" in line]
+    val = [line for line in lines if " tel:" in line]
+    assert len(train) == 12 and [line.split()[0] for line in val] == ["s:0", "s:5", "s:10", "s:12"]
+    for line in train:
+        step, loss, lr, norm = line.split()
+        assert step.startswith("s:") and loss.startswith("trl:") and lr.startswith("lr:") and norm.startswith("norm:")
+        float(loss[4:]), float(lr[3:]), float(norm[5:])
+    sys.path.insert(0, os.path.join(HERE, "dev"))
+    import vislog
+    train_losses, val_losses = vislog.parse_log(str(run_dir / "out" / "main.log"))
+    assert sorted(train_losses) == list(range(12)) and sorted(val_losses) == [0, 5, 10, 12]
+    pytest.importorskip("matplotlib")
+    assert vislog.main([str(run_dir / "out" / "main.log"), "-o", str(run_dir / "loss.png")]) == 0
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_after_a_kill_is_bit_identical(run_dir):
+    """A straight run, and the same run killed (SIGKILL) mid-way and resumed: the same losses and logs."""
+    script = os.path.join(HERE, "train_gpt2.py")
+    args = trainer_args(run_dir, run_dir / "killed", "-x", "60", "-n", "5", "-nk", "3")
+    process = subprocess.Popen([sys.executable, script] + args, stdout=subprocess.DEVNULL, cwd=run_dir)
+    done = run_dir / "killed" / "DONE_00000020"
+    while not done.exists() and process.poll() is None:
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    latest = g.latest_checkpoint(str(run_dir / "killed"))
+    assert 20 <= latest < 60, "the run was to be killed before its end"
+    kept = sorted(name for name in os.listdir(run_dir / "killed") if name.startswith("DONE_"))
+    assert len(kept) <= 3  # -nk 3
+    resumed = subprocess.run([sys.executable, script] + args + ["-y", "1"], cwd=run_dir, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from the checkpoint of step {latest}" in resumed.stdout
+    straight = subprocess.run([sys.executable, script] + trainer_args(run_dir, run_dir / "straight", "-x", "60"),
+                              cwd=run_dir, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+
+    def losses(stdout):
+        return [line.split(" (took")[0] for line in stdout.splitlines() if line.startswith("step ")]
+
+    assert losses(resumed.stdout) == losses(straight.stdout)[latest:]
+    assert read_log(run_dir / "killed") == read_log(run_dir / "straight")
+
+
+def test_resume_refuses_what_does_not_fit(run_dir, capsys):
+    out = run_dir / "out"
+    assert g.main(trainer_args(run_dir, out, "-x", "6", "-n", "3")) == 0
+    capsys.readouterr()
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1", "-b", "4", "-l", "3e-4"), capsys,
+                   "state_00000006.bin: cannot resume with other settings", "-b 2 there, 4 now",
+                   "-l 9.999999747378752e-05 there, 0.0003 now")
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1")[2:] + ["-e", "d6"], capsys,
+                   "model_00000006.bin: cannot resume with another model", "num_layers 2 there, 6 from -e d6")
+    state = out / "state_00000006.bin"
+    state.write_bytes(state.read_bytes()[:-100])
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006.bin",
+                   "truncated")
+    (out / "DONE_00000006").unlink()  # an incomplete checkpoint is never resumed: the one before it is
+    code, out_text, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
+    assert code == 0 and "resumed from the checkpoint of step 3" in out_text
+
+
+def test_overfit_a_single_batch(run_dir, capsys):
+    code, out, err = run_main(trainer_args(run_dir, run_dir / "out", "-x", "30", "-a", "1", "-l", "1e-3", "-u", "0",
+                                           "-q", "1.0", "-c", "0"), capsys)
+    assert code == 0, err
+    losses = [float(line.split("train loss ")[1].split()[0]) for line in out.splitlines() if line.startswith("step ")]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_total_batch_size_and_default_steps(run_dir, capsys):
+    with pytest.raises(SystemExit):
+        g.parse_args(["-b", "2", "-t", "8", "-d", "40", "-s", "0"])  # not a multiple of B*T = 16
+    assert "must be a positive multiple of B*T = 16" in capsys.readouterr().err
+    code, out, err = run_main(trainer_args(run_dir, run_dir / "out")[:-4] + ["-s", "0", "-v", "0"], capsys)
+    assert code == 0, err
+    # no -x with -d 32: one epoch, 1311 training tokens // 32 = 40 steps of 2 micro-batches
+    assert "40 steps of 32 tokens = 2 micro-batch(es)" in out
+    assert sum(line.startswith("step ") for line in out.splitlines()) == 40

@@ -631,6 +631,22 @@ def config_from_descriptor(descriptor):
                       num_heads=heads, channels=channels)
 
 
+@njit(cache=True)
+def box_muller(u, std):
+    # u (R,16) uniforms in [0,1) -> (R,16) normals: llm.c's normal_fill_16, pairing column t with column t+8.
+    # In float32 with C's logf, sqrtf, cosf and sinf (numba calls the same C library), so the values are
+    # llm.c's to the bit; the 1e-12 and the angle are double precision in llm.c too.
+    out = np.empty_like(u)
+    for r in range(u.shape[0]):
+        for t in range(8):
+            u1 = np.float32(np.float64(np.float32(1.0) - u[r, t]) + 1e-12)
+            radius = np.float32(math.sqrt(np.float32(-2.0) * np.float32(math.log(u1))))
+            theta = np.float32(2.0 * math.pi * np.float64(u[r, t + 8]))
+            out[r, t] = radius * np.float32(math.cos(theta)) * std
+            out[r, t + 8] = radius * np.float32(math.sin(theta)) * std
+    return out
+
+
 class MersenneTwister:
     """llm.c's mt19937 (llmc/rand.h), which is PyTorch's CPU generator: numpy's MT19937 with torch's seeding."""
 
@@ -656,19 +672,10 @@ class MersenneTwister:
         assert n >= 16, "llm.c draws tensors of fewer than 16 values differently; no GPT-2 tensor is that small"
         out = self.uniform(n)
         whole = n // 16 * 16
-        out[:whole] = self._box_muller(out[:whole].reshape(-1, 16), std).ravel()
+        out[:whole] = box_muller(out[:whole].reshape(-1, 16), np.float32(std)).ravel()
         if n % 16:
-            out[n - 16:] = self._box_muller(self.uniform(16).reshape(1, 16), std).ravel()
+            out[n - 16:] = box_muller(self.uniform(16).reshape(1, 16), np.float32(std)).ravel()
         return out
-
-    @staticmethod
-    def _box_muller(u, std):
-        # float32 as in llm.c; float64 math rounded to float32 stands in for C's sqrtf, logf, cosf and sinf
-        f32 = np.float32
-        radius = np.sqrt(f32(-2) * np.log(f32(1) - u[:, :8]).astype(f32))
-        theta = (2.0 * math.pi * u[:, 8:].astype(np.float64)).astype(f32).astype(np.float64)
-        cos, sin = np.cos(theta).astype(f32), np.sin(theta).astype(f32)
-        return np.concatenate([radius * cos * f32(std), radius * sin * f32(std)], axis=1)
 
     def permutation(self, n):
         """llm.c's random_permutation of 0..n-1: a Fisher-Yates shuffle from the top down."""
@@ -684,16 +691,16 @@ def build_from_descriptor(descriptor, dtype=np.float32):
     config = config_from_descriptor(descriptor)
     model = GPT2(config, np.zeros(sum(math.prod(s) for s in parameter_shapes(config).values()), dtype=dtype))
     p, L, rng = model.params, config.num_layers, MersenneTwister(42)
-    residual_scale = 1.0 / math.sqrt(2.0 * L)
+    residual_scale = np.float32(1.0) / np.sqrt(np.float32(2.0 * L))  # float32 arithmetic, as in llm.c
     for name in ("ln1w", "ln2w", "lnfw"):
         getattr(p, name)[...] = 1.0
     p.wte[:config.vocab_size] = rng.normal(config.vocab_size * config.channels, 0.02).reshape(config.vocab_size, -1)
     p.wpe[...] = rng.normal(p.wpe.size, 0.02).reshape(p.wpe.shape)
     for l in range(L):
-        for name, std in (("qkvw", 0.02), ("attprojw", 0.02 * residual_scale), ("fcw", 0.02),
-                          ("fcprojw", 0.02 * residual_scale)):
+        for name, std in (("qkvw", 0.02), ("attprojw", np.float32(0.02) * residual_scale), ("fcw", 0.02),
+                          ("fcprojw", np.float32(0.02) * residual_scale)):
             weight = getattr(p, name)[l]
-            weight[...] = rng.normal(weight.size, np.float32(std)).reshape(weight.shape)
+            weight[...] = rng.normal(weight.size, std).reshape(weight.shape)
     return model
 
 
