@@ -173,10 +173,13 @@ def test_matmul_gradients():
     np.testing.assert_allclose(out, inp @ weight.T + bias)
     dinp, dweight, dbias = np.zeros_like(inp), np.zeros_like(weight), np.zeros_like(bias)
     scratch = np.zeros(5 * C)  # room for 5 rows of dweight at a time: 4 blocks, the last one short
-    g.matmul_backward(dinp, dweight, dbias, weights, inp, weight, scratch)
+    g.matmul_backward(dinp, dweight, dbias, weights, inp, weight, scratch)  # through scratch: accumulate=True
     assert_gradient("inp", dinp, numerical_gradient(loss, inp))
     assert_gradient("weight", dweight, numerical_gradient(loss, weight))
     assert_gradient("bias", dbias, numerical_gradient(loss, bias))
+    written = np.full_like(weight, np.nan)  # right after zero_grad the product is written, not added
+    g.matmul_backward(dinp, written, None, weights, inp, weight, scratch, accumulate=False)
+    np.testing.assert_allclose(written, dweight, rtol=1e-13)
 
 
 def test_attention_gradients():

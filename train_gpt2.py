@@ -33,8 +33,15 @@ import time
 import urllib.request
 from types import SimpleNamespace
 
-import numpy as np
-from numba import njit, prange
+# numba's parallel loops run on OpenMP threads and the matrix products on OpenBLAS's threads. By default both
+# kinds spin for a while when they run out of work, waiting for more, and on a machine with few cores the
+# spinning threads of one take the cores the other needs next: a GPT-2 124M step ran twice as slow. Idle
+# threads should sleep at once. (Both settings are read when the libraries load: before numpy's import.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # the minimum: 2**4 cycles
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. File headers and errors
@@ -210,7 +217,7 @@ def bias_backward(dbias, dout):
 
 
 @kernel
-def accumulate(total, part):
+def accumulate_into(total, part):
     # total += part, elementwise, for two arrays of the same shape (R,K)
     R, K = total.shape
     for r in prange(R):
@@ -225,17 +232,22 @@ def matmul_forward(out, inp, weight, bias):
         bias_forward(out, bias)
 
 
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch):
-    # writes dinp (N,C) = dout (N,OC) @ weight (OC,C); accumulates dweight (OC,C) += dout.T @ inp and dbias (OC,).
-    # BLAS cannot add into its output, so dweight's product goes through `scratch` a block of rows at a time.
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate=True):
+    # writes dinp (N,C) = dout (N,OC) @ weight (OC,C); dweight (OC,C) gets dout.T @ inp and dbias (OC,) the sum
+    # of dout's rows. BLAS cannot add into its output: when dweight holds nothing yet (accumulate=False, right
+    # after zero_grad) the product is written there directly, otherwise it goes through `scratch` a block of rows
+    # at a time and is added.
     np.matmul(dout, weight, out=dinp)
-    OC, C = dweight.shape
-    rows = scratch.size // C
-    for start in range(0, OC, rows):
-        stop = min(OC, start + rows)
-        block = scratch[:(stop - start) * C].reshape(stop - start, C)
-        np.matmul(dout[:, start:stop].T, inp, out=block)
-        accumulate(dweight[start:stop], block)
+    if not accumulate:
+        np.matmul(dout.T, inp, out=dweight)
+    else:
+        OC, C = dweight.shape
+        rows = scratch.size // C
+        for start in range(0, OC, rows):
+            stop = min(OC, start + rows)
+            block = scratch[:(stop - start) * C].reshape(stop - start, C)
+            np.matmul(dout[:, start:stop].T, inp, out=block)
+            accumulate_into(dweight[start:stop], block)
     if dbias is not None:
         bias_backward(dbias, dout)
 
@@ -244,32 +256,33 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch):
 def attention_forward(out, att, qkv, NH):
     # out (B,T,C); att (B,NH,T,T) the attention weights, saved for the backward pass; qkv (B,T,3C) holds the
     # queries, keys and values of all heads side by side. Causal: position t attends to positions 0..t only.
+    # Sums are kept in the input's dtype, which lets float32 loops run 8 lanes wide.
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // NH  # head size
-    scale = 1.0 / math.sqrt(hs)
+    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
         q, k, v = h * hs, C + h * hs, 2 * C + h * hs  # where this head's query, key and value start
         for t in range(T):
             # scores = q_t . k_t2 / sqrt(hs), then softmax over t2 <= t
-            maxval = -1e30
+            maxval = qkv.dtype.type(-1e30)
             for t2 in range(t + 1):
-                dot = 0.0
+                dot = qkv.dtype.type(0)
                 for i in range(hs):
                     dot += qkv[b, t, q + i] * qkv[b, t2, k + i]
                 att[b, h, t, t2] = dot * scale
                 maxval = max(maxval, dot * scale)
-            expsum = 0.0
+            expsum = qkv.dtype.type(0)
             for t2 in range(t + 1):
                 e = math.exp(att[b, h, t, t2] - maxval)
                 att[b, h, t, t2] = e
                 expsum += e
             for t2 in range(T):
-                att[b, h, t, t2] = att[b, h, t, t2] / expsum if t2 <= t else 0.0
+                att[b, h, t, t2] = att[b, h, t, t2] / expsum if t2 <= t else 0
             # out_t = sum over t2 of att[t, t2] * v_t2
             for i in range(hs):
-                out[b, t, h * hs + i] = 0.0
+                out[b, t, h * hs + i] = 0
             for t2 in range(t + 1):
                 a = att[b, h, t, t2]
                 for i in range(hs):
@@ -282,26 +295,27 @@ def attention_backward(dqkv, dout, qkv, att, NH):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // NH
-    scale = 1.0 / math.sqrt(hs)
+    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
         q, k, v = h * hs, C + h * hs, 2 * C + h * hs
         for t in range(T):
             for i in range(hs):
-                dqkv[b, t, q + i] = 0.0
-                dqkv[b, t, k + i] = 0.0
-                dqkv[b, t, v + i] = 0.0
-        datt = np.empty(T, dtype=np.float64)
+                dqkv[b, t, q + i] = 0
+                dqkv[b, t, k + i] = 0
+                dqkv[b, t, v + i] = 0
+        datt = np.empty(T, dtype=qkv.dtype)
         for t in range(T):
             # through out_t = sum att[t,t2] v_t2: datt[t2] = dout_t . v_t2, dv_t2 += att[t,t2] dout_t
             for t2 in range(t + 1):
-                dot = 0.0
+                dot = qkv.dtype.type(0)
+                a = att[b, h, t, t2]
                 for i in range(hs):
                     dot += dout[b, t, h * hs + i] * qkv[b, t2, v + i]
-                    dqkv[b, t2, v + i] += att[b, h, t, t2] * dout[b, t, h * hs + i]
+                    dqkv[b, t2, v + i] += a * dout[b, t, h * hs + i]
                 datt[t2] = dot
             # through the softmax: dscore[t2] = att[t,t2] * (datt[t2] - sum over t3 of att[t,t3] datt[t3])
-            weighted = 0.0
+            weighted = qkv.dtype.type(0)
             for t2 in range(t + 1):
                 weighted += att[b, h, t, t2] * datt[t2]
             # through score = q_t . k_t2 * scale
@@ -315,26 +329,36 @@ def attention_backward(dqkv, dout, qkv, att, NH):
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 
 
+@njit(cache=True, inline="always")
+def tanh(y):
+    # tanh(y) = 1 - 2 / (exp(2y) + 1): C's expf is several times faster than its tanhf, and this is as accurate
+    # to the float32 rounding of GELU's output (exp(2y) = inf for large y gives 1, as it should)
+    return 1 - 2 / (math.exp(2 * y) + 1)
+
+
 @kernel
 def gelu_forward(out, inp):
-    # out, inp (N,4C): GELU with the tanh approximation, as GPT-2 uses
+    # out, inp (N,4C): GELU with the tanh approximation, as GPT-2 uses. The constants take the input's dtype,
+    # so that float32 is computed in float32
     N, K = inp.shape
+    half, scale, cube = inp.dtype.type(0.5), inp.dtype.type(GELU_SCALE), inp.dtype.type(0.044715)
     for n in prange(N):
         for k in range(K):
             x = inp[n, k]
-            out[n, k] = 0.5 * x * (1.0 + math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x)))
+            out[n, k] = half * x * (1 + tanh(scale * (x + cube * x * x * x)))
 
 
 @kernel
 def gelu_backward(dinp, inp, dout):
     # writes dinp (N,4C) = dout * gelu'(inp); dinp may be dout itself
     N, K = inp.shape
+    half, scale, cube = inp.dtype.type(0.5), inp.dtype.type(GELU_SCALE), inp.dtype.type(0.044715)
     for n in prange(N):
         for k in range(K):
             x = inp[n, k]
-            tanh_out = math.tanh(GELU_SCALE * (x + 0.044715 * x * x * x))
-            sech2 = 1.0 - tanh_out * tanh_out
-            local_grad = 0.5 * (1.0 + tanh_out) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
+            tanh_out = tanh(scale * (x + cube * x * x * x))
+            sech2 = 1 - tanh_out * tanh_out
+            local_grad = half * (1 + tanh_out) + half * x * sech2 * scale * (1 + 3 * cube * x * x)
             dinp[n, k] = dout[n, k] * local_grad
 
 
@@ -355,10 +379,10 @@ def crossentropy_forward(losses, logsumexp, logits, targets, V):
     # loss = -log softmax(logits[:V])[target] = logsumexp(logits[:V]) - logits[target]
     N = logits.shape[0]
     for n in prange(N):
-        maxval = -1e30
+        maxval = logits.dtype.type(-1e30)
         for i in range(V):
             maxval = max(maxval, logits[n, i])
-        expsum = 0.0
+        expsum = logits.dtype.type(0)
         for i in range(V):
             expsum += math.exp(logits[n, i] - maxval)
         logsumexp[n] = maxval + math.log(expsum)
@@ -371,13 +395,13 @@ def crossentropy_backward(dlogits, logits, logsumexp, targets, dloss, V):
     # be logits itself. dloss is the gradient of the loss we minimise with respect to each row's loss: 1/N for a
     # mean over N rows.
     N, Vp = logits.shape
+    dloss = logits.dtype.type(dloss)
     for n in prange(N):
-        for i in range(Vp):
-            if i < V:
-                p = math.exp(logits[n, i] - logsumexp[n])
-                dlogits[n, i] = (p - (1.0 if i == targets[n] else 0.0)) * dloss
-            else:
-                dlogits[n, i] = 0.0
+        for i in range(V):
+            dlogits[n, i] = math.exp(logits[n, i] - logsumexp[n]) * dloss
+        dlogits[n, targets[n]] -= dloss
+        for i in range(V, Vp):
+            dlogits[n, i] = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -454,6 +478,7 @@ class GPT2:
         self.params = point_tensors(self.params_memory, self.shapes)
         self.grads = point_tensors(self.grads_memory, self.shapes)
         self.acts_memory = None
+        self.grads_are_zero = True
 
     def allocate(self, B, T):
         """Allocates the activations for batches of up to B sequences of up to T tokens, once."""
@@ -513,6 +538,7 @@ class GPT2:
 
     def zero_grad(self):
         self.grads_memory.fill(0)
+        self.grads_are_zero = True  # the next backward pass may write weight gradients instead of adding them
 
     def backward(self, loss_scale=1.0):
         """Accumulates into the gradients d(loss_scale * mean loss)/d(parameters) for the last forward pass.
@@ -527,26 +553,29 @@ class GPT2:
                               loss_scale / (B * T), cfg.vocab_size)
         dres = rows(a.dresidual)  # the gradient of the residual stream, walked back through the layers
         dres.fill(0)
-        matmul_backward(rows(a.dbtc), g.wte, None, dlogits, rows(a.lnf), p.wte, a.dweight)
+
+        def matmul_back(dinp, dweight, dbias, dout, inp, weight):  # each weight matrix gets one product
+            matmul_backward(dinp, dweight, dbias, dout, inp, weight, a.dweight, accumulate=not self.grads_are_zero)
+
+        matmul_back(rows(a.dbtc), g.wte, None, dlogits, rows(a.lnf), p.wte)
         layernorm_backward(dres, g.lnfw, g.lnfb, rows(a.dbtc), rows(a.residual3[-1]), p.lnfw,
                            a.lnf_mean.ravel(), a.lnf_rstd.ravel())
         for l in reversed(range(cfg.num_layers)):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             # MLP, backwards; dres holds d(loss)/d(residual3[l]), which is also d(loss)/d(fcproj output)
-            matmul_backward(rows(a.dbt4c), g.fcprojw[l], g.fcprojb[l], dres, rows(a.fch_gelu[l]), p.fcprojw[l],
-                            a.dweight)
+            matmul_back(rows(a.dbt4c), g.fcprojw[l], g.fcprojb[l], dres, rows(a.fch_gelu[l]), p.fcprojw[l])
             gelu_backward(rows(a.dbt4c), rows(a.fch[l]), rows(a.dbt4c))
-            matmul_backward(rows(a.dbtc), g.fcw[l], g.fcb[l], rows(a.dbt4c), rows(a.ln2[l]), p.fcw[l], a.dweight)
+            matmul_back(rows(a.dbtc), g.fcw[l], g.fcb[l], rows(a.dbt4c), rows(a.ln2[l]), p.fcw[l])
             layernorm_backward(dres, g.ln2w[l], g.ln2b[l], rows(a.dbtc), rows(a.residual2[l]), p.ln2w[l],
                                a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel())
             # attention, backwards; dres now holds d(loss)/d(residual2[l])
-            matmul_backward(rows(a.dbtc), g.attprojw[l], g.attprojb[l], dres, rows(a.atty[l]), p.attprojw[l],
-                            a.dweight)
+            matmul_back(rows(a.dbtc), g.attprojw[l], g.attprojb[l], dres, rows(a.atty[l]), p.attprojw[l])
             attention_backward(a.dqkv, a.dbtc, a.qkv[l], a.att[l], cfg.num_heads)
-            matmul_backward(rows(a.dbtc), g.qkvw[l], g.qkvb[l], rows(a.dqkv), rows(a.ln1[l]), p.qkvw[l], a.dweight)
+            matmul_back(rows(a.dbtc), g.qkvw[l], g.qkvb[l], rows(a.dqkv), rows(a.ln1[l]), p.qkvw[l])
             layernorm_backward(dres, g.ln1w[l], g.ln1b[l], rows(a.dbtc), rows(residual), p.ln1w[l],
                                a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel())
         encoder_backward(g.wte, g.wpe, a.dresidual, self.inputs)
+        self.grads_are_zero = False
 
 
 # Checkpoints: llm.c's model file, header [2] maxT [3] V [4] L [5] NH [6] C [7] Vp, then the 16 tensors.
@@ -717,22 +746,25 @@ def adamw_kernel(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, grad_
     # params, grads, m, v (P,): one parameter tensor, flat
     for i in prange(params.shape[0]):
         grad = grads[i] * grad_scale
-        m[i] = beta1 * m[i] + (1.0 - beta1) * grad
-        v[i] = beta2 * v[i] + (1.0 - beta2) * grad * grad
+        m[i] = beta1 * m[i] + (1 - beta1) * grad
+        v[i] = beta2 * v[i] + (1 - beta2) * grad * grad
         m_hat = m[i] / beta1_correction
         v_hat = v[i] / beta2_correction
         params[i] -= lr * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * params[i])
 
 
 def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
-    """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for clipping)."""
+    """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for clipping).
+    The arithmetic is in the parameters' dtype, float32 as in llm.c."""
+    f = model.dtype.type
     offset = 0
     for shape in model.shapes.values():
         size = math.prod(shape)
         region = slice(offset, offset + size)
         adamw_kernel(model.params_memory[region], model.grads_memory[region], model.m_memory[region],
-                     model.v_memory[region], lr, beta1, beta2, eps, weight_decay if len(shape) == 2 else 0.0,
-                     grad_scale, 1.0 - beta1 ** t, 1.0 - beta2 ** t)
+                     model.v_memory[region], f(lr), f(beta1), f(beta2), f(eps),
+                     f(weight_decay if len(shape) == 2 else 0.0), f(grad_scale), f(1.0 - beta1 ** t),
+                     f(1.0 - beta2 ** t))
         offset += size
 
 
