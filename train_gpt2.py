@@ -437,7 +437,8 @@ def activation_shapes(config, B, T):
         "qkv": (L, B, T, 3 * C), "att": (L, B, NH, T, T), "atty": (L, B, T, C),
         "residual2": (L, B, T, C),                                         # after the attention's residual
         "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
-        "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C),
+        "fch": (L, B, T, 4 * C),
+        "fch_gelu": (B, T, 4 * C),  # one layer's: the backward pass computes it again, to save memory
         "residual3": (L, B, T, C),                                         # after the MLP's residual: the block's output
         "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
         "logits": (B, T, Vp),                                              # the backward pass turns them into dlogits
@@ -472,9 +473,9 @@ class GPT2:
         self.dtype = params_memory.dtype
         # parameters, their gradients and AdamW's two moments: four flat buffers of one layout
         self.params_memory = params_memory
-        self.grads_memory = np.zeros_like(params_memory)
-        self.m_memory = np.zeros_like(params_memory)
-        self.v_memory = np.zeros_like(params_memory)
+        self.grads_memory = np.zeros(self.num_parameters, dtype=self.dtype)
+        self.m_memory = np.zeros(self.num_parameters, dtype=self.dtype)
+        self.v_memory = np.zeros(self.num_parameters, dtype=self.dtype)
         self.params = point_tensors(self.params_memory, self.shapes)
         self.grads = point_tensors(self.grads_memory, self.shapes)
         self.acts_memory = None
@@ -523,8 +524,8 @@ class GPT2:
             layernorm_forward(rows(a.ln2[l]), a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel(), rows(a.residual2[l]),
                               p.ln2w[l], p.ln2b[l])
             matmul_forward(rows(a.fch[l]), rows(a.ln2[l]), p.fcw[l], p.fcb[l])
-            gelu_forward(rows(a.fch_gelu[l]), rows(a.fch[l]))
-            matmul_forward(rows(a.residual3[l]), rows(a.fch_gelu[l]), p.fcprojw[l], p.fcprojb[l])
+            gelu_forward(rows(a.fch_gelu), rows(a.fch[l]))
+            matmul_forward(rows(a.residual3[l]), rows(a.fch_gelu), p.fcprojw[l], p.fcprojb[l])
             residual_forward(rows(a.residual3[l]), rows(a.residual2[l]))
             residual = a.residual3[l]
         layernorm_forward(rows(a.lnf), a.lnf_mean.ravel(), a.lnf_rstd.ravel(), rows(residual), p.lnfw, p.lnfb)
@@ -563,7 +564,8 @@ class GPT2:
         for l in reversed(range(cfg.num_layers)):
             residual = a.encoded if l == 0 else a.residual3[l - 1]
             # MLP, backwards; dres holds d(loss)/d(residual3[l]), which is also d(loss)/d(fcproj output)
-            matmul_back(rows(a.dbt4c), g.fcprojw[l], g.fcprojb[l], dres, rows(a.fch_gelu[l]), p.fcprojw[l])
+            gelu_forward(rows(a.fch_gelu), rows(a.fch[l]))  # recomputed rather than kept for every layer
+            matmul_back(rows(a.dbt4c), g.fcprojw[l], g.fcprojb[l], dres, rows(a.fch_gelu), p.fcprojw[l])
             gelu_backward(rows(a.dbt4c), rows(a.fch[l]), rows(a.dbt4c))
             matmul_back(rows(a.dbtc), g.fcw[l], g.fcb[l], rows(a.dbt4c), rows(a.ln2[l]), p.fcw[l])
             layernorm_backward(dres, g.ln2w[l], g.ln2b[l], rows(a.dbtc), rows(a.residual2[l]), p.ln2w[l],
@@ -660,20 +662,27 @@ def config_from_descriptor(descriptor):
                       num_heads=heads, channels=channels)
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)  # no fastmath: the float32 operations must happen exactly as written
+def uniform_from_draws(draws):
+    # draws (n,) uint32 -> (n,) float32 in [0, 1): llm.c's randfloat32, the low 24 bits over 2**24
+    out = np.empty(draws.shape[0], dtype=np.float32)
+    for i in prange(draws.shape[0]):
+        out[i] = np.float32(draws[i] & 0xFFFFFF) * np.float32(1.0 / (1 << 24))
+    return out
+
+
+@njit(parallel=True, cache=True)
 def box_muller(u, std):
-    # u (R,16) uniforms in [0,1) -> (R,16) normals: llm.c's normal_fill_16, pairing column t with column t+8.
-    # In float32 with C's logf, sqrtf, cosf and sinf (numba calls the same C library), so the values are
-    # llm.c's to the bit; the 1e-12 and the angle are double precision in llm.c too.
-    out = np.empty_like(u)
-    for r in range(u.shape[0]):
+    # u (R,16) uniforms in [0,1), turned in place into normals: llm.c's normal_fill_16, pairing column t with
+    # column t+8. In float32 with C's logf, sqrtf, cosf and sinf (numba calls the same C library), so the values
+    # are llm.c's to the bit; the 1e-12 and the angle are double precision in llm.c too.
+    for r in prange(u.shape[0]):
         for t in range(8):
             u1 = np.float32(np.float64(np.float32(1.0) - u[r, t]) + 1e-12)
             radius = np.float32(math.sqrt(np.float32(-2.0) * np.float32(math.log(u1))))
             theta = np.float32(2.0 * math.pi * np.float64(u[r, t + 8]))
-            out[r, t] = radius * np.float32(math.cos(theta)) * std
-            out[r, t + 8] = radius * np.float32(math.sin(theta)) * std
-    return out
+            u[r, t] = radius * np.float32(math.cos(theta)) * std
+            u[r, t + 8] = radius * np.float32(math.sin(theta)) * std
 
 
 class MersenneTwister:
@@ -687,23 +696,26 @@ class MersenneTwister:
             key[j] = (1812433253 * (prev ^ (prev >> 30)) + j) & 0xFFFFFFFF
         self.bit_generator = np.random.MT19937()
         self.bit_generator.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": 624}}
+        self.generator = np.random.Generator(self.bit_generator)
 
     def randint32(self, n):
-        return self.bit_generator.random_raw(n).astype(np.uint32)
+        """The next n 32-bit outputs: over the whole uint32 range, numpy returns them as they come."""
+        return self.generator.integers(0, 2 ** 32, n, dtype=np.uint32)
 
     def uniform(self, n):
-        """llm.c's randfloat32: the low 24 bits of each draw, over 2**24, in [0, 1)."""
-        return ((self.randint32(n) & 0xFFFFFF) * np.float32(1.0 / (1 << 24))).astype(np.float32)
+        """llm.c's randfloat32 n times."""
+        return uniform_from_draws(self.randint32(n))
 
     def normal(self, n, std):
         """llm.c's normal_ for n >= 16: Box-Muller on blocks of 16 uniforms, the first 8 paired with the last 8;
         when n is not a multiple of 16, the last 16 values are drawn again from 16 fresh uniforms."""
         assert n >= 16, "llm.c draws tensors of fewer than 16 values differently; no GPT-2 tensor is that small"
         out = self.uniform(n)
-        whole = n // 16 * 16
-        out[:whole] = box_muller(out[:whole].reshape(-1, 16), np.float32(std)).ravel()
+        box_muller(out[:n // 16 * 16].reshape(-1, 16), np.float32(std))
         if n % 16:
-            out[n - 16:] = box_muller(self.uniform(16).reshape(1, 16), np.float32(std)).ravel()
+            tail = self.uniform(16)
+            box_muller(tail.reshape(1, 16), np.float32(std))
+            out[n - 16:] = tail
         return out
 
     def permutation(self, n):

@@ -1,0 +1,474 @@
+#!/usr/bin/env python
+"""
+Benchmark train_gpt2.py's training step, alone or against the PyTorch reference model of dev/make_reference.py.
+
+A step is what llm.c's train_gpt2.c times: forward, zero_grad, backward and an AdamW update (lr 1e-4, betas
+0.9/0.999, eps 1e-8, no weight decay), on one fixed random batch (seeded), after untimed warm-up steps. For each
+trainer: the median and range of ms/step; tokens/s; GFLOP/s by llm.c's formula (6*N + 6*L*C*T) * B*T, N counting
+the padded vocabulary (192.1 GFLOP for d12, B=4, T=64); that as a fraction of numpy's sgemm GFLOP/s, measured in
+the same run on the forward pass's matmul shapes, FLOP-weighted; the peak RSS; and the time from spawning the
+trainer's process to its first finished step (interpreter, imports, model build, numba cache load or compile).
+
+Each trainer runs in a worker process of its own (this script, --worker), so RSS and start-up are its own; the
+driver asks for one step at a time over stdin and reads one JSON line back. With --vs torch the timed steps
+alternate between the two workers, so that the drift of a shared machine hits both alike. The torch worker
+imports torch first and never train_gpt2 (which sets OpenMP's wait policy at import); ours the other way round.
+
+The README's tables:
+    python dev/bench.py --vs torch      # d12, B=4, T=64: ours and PyTorch, speed-up and RSS ratio
+    python dev/bench.py --sweep         # ms/step, per-token cost and RSS over B*T (256..4096) and depth (d6..d24)
+    python dev/bench.py --profile       # each kernel's share of our step
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from types import SimpleNamespace
+
+DEV_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(DEV_DIR)
+LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.0
+THREAD_VARS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+ALL_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+class BenchError(Exception):
+    """An expected failure (a worker's bad input, a worker that died): printed as one line."""
+
+
+def random_batch(np, seed, V, B, T, dtype):
+    tokens = np.random.default_rng(seed).integers(0, V, size=(B, T + 1))
+    return np.ascontiguousarray(tokens[:, :T], dtype), np.ascontiguousarray(tokens[:, 1:], dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Workers: build one trainer, run the warm-up, then answer "step" and "finish" requests with one JSON line each
+
+def install_profiler(tg, model):
+    """Replaces train_gpt2's kernels, module globals that the model looks up at each call, by timed wrappers:
+    every numba dispatcher, and every Python function calling one or np.matmul (matmul_forward, adamw_update...).
+    A dispatcher called from inside another compiled kernel is left alone: its time is its caller's. Times are
+    also kept exclusive of the timed calls inside (matmul_forward's own time is then BLAS's, not bias_forward's)."""
+    import inspect
+    from numba.core.dispatcher import Dispatcher
+    kernels = {n: f for n, f in vars(tg).items() if isinstance(f, Dispatcher)}
+    inner = {n for f in kernels.values() for n in f.py_func.__code__.co_names if n in kernels}
+    python = {n: f for n, f in vars(tg).items() if inspect.isfunction(f) and f.__module__ == tg.__name__
+              and set(f.__code__.co_names) & (set(kernels) | {"matmul"})}
+    stats, callees = {}, [0.0]  # name -> [calls, inclusive s, exclusive s]; callees: a stack of timed-callee time
+
+    def wrap(name, fn):
+        record = stats.setdefault(name, [0, 0.0, 0.0])
+
+        def timed(*args, **kwargs):
+            callees.append(0.0)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                took = time.perf_counter() - start
+                inside = callees.pop()
+                callees[-1] += took
+                record[0], record[1], record[2] = record[0] + 1, record[1] + took, record[2] + took - inside
+        return timed
+
+    for name, fn in {**kernels, **python}.items():
+        if name not in inner:
+            setattr(tg, name, wrap(name, fn))
+    model.zero_grad = wrap("zero_grad", model.zero_grad)  # a method, grads.fill(0)
+    return stats
+
+
+def ours_worker(args):
+    sys.path.insert(0, REPO_ROOT)
+    import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
+    import numba
+    import numpy as np
+    kernels = [f for f in vars(tg).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]
+    try:
+        model = tg.load_model(args.model) if args.model.endswith(".bin") else tg.build_from_descriptor(args.model)
+        model.allocate(args.batch_size, args.seq_len)
+    except tg.GPT2Error as e:
+        raise BenchError(str(e)) from None
+    x, y = random_batch(np, args.seed, model.config.vocab_size, args.batch_size, args.seq_len, np.int32)
+    profile = install_profiler(tg, model) if args.profile else {}
+    t = 0
+
+    def step():
+        nonlocal t
+        t += 1
+        loss = model.forward(x, y)
+        model.zero_grad()
+        model.backward()
+        tg.adamw_update(model, LR, BETA1, BETA2, EPS, WEIGHT_DECAY, t)
+        return loss
+
+    def info():
+        try:
+            layer = numba.threading_layer()
+        except ValueError:
+            layer = "?"
+        for record in profile.values():  # called after the warm-up: the profile counts the timed steps only
+            record[:] = [0, 0.0, 0.0]
+        return dict(config=vars(model.config), num_parameters=model.num_parameters, threading=f"numba {layer}",
+                    threads=numba.get_num_threads(),
+                    compiled=sum(sum(f.stats.cache_misses.values()) for f in kernels),
+                    cached=sum(sum(f.stats.cache_hits.values()) for f in kernels))
+    return step, info, lambda: dict(profile=profile)
+
+
+def torch_worker(args):
+    import torch  # first, and train_gpt2 never: torch's OpenMP threads keep their default wait policy
+    import numpy as np
+    from make_reference import GPT, GPTConfig, read_checkpoint
+    torch.set_num_threads(args.threads)
+    config = GPTConfig(**json.loads(args.config))
+    model = GPT(config)  # V unpadded, as llm.c's train_gpt2.py
+    if args.model.endswith(".bin"):
+        try:
+            model.load_llmc(read_checkpoint(args.model)[1])
+        except SystemExit as e:  # make_reference's way of saying a checkpoint is bad
+            raise BenchError(str(e)) from None
+    else:
+        model.init_gpt2(42)  # the same draws as llm.c's init, and so as ours
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS,
+                                  weight_decay=WEIGHT_DECAY)
+    x, y = map(torch.from_numpy, random_batch(np, args.seed, config.vocab_size, args.batch_size, args.seq_len,
+                                              np.int64))
+
+    def step():
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def info():
+        build = torch.__config__.show().replace(",", " ").split()
+        blas = [w.split("=")[1] for w in build if w.startswith("BLAS_INFO=")]
+        aten = [line.split(":")[1].strip() for line in torch.__config__.parallel_info().splitlines()
+                if line.startswith("ATen parallel backend")]
+        return dict(torch=torch.__version__, threads=torch.get_num_threads(),
+                    threading=f"torch {torch.__version__}, {(aten or ['?'])[0]}, BLAS {(blas or ['?'])[0]}")
+    return step, info, dict
+
+
+def serve(args):
+    channel = os.fdopen(os.dup(1), "w", buffering=1)  # to the driver; whatever else is printed goes to stderr
+    os.dup2(2, 1)
+
+    def send(**message):
+        channel.write(json.dumps(message) + "\n")
+
+    def timed(step):
+        start = time.perf_counter()
+        loss = step()
+        return dict(seconds=time.perf_counter() - start, loss=loss)
+    try:
+        step, info, finish = (ours_worker if args.worker == "ours" else torch_worker)(args)
+        send(**timed(step))  # the driver's start-up clock stops here
+        for _ in range(args.warmup - 1):
+            step()
+        send(**info())
+        for line in iter(sys.stdin.readline, ""):
+            if json.loads(line)["op"] == "finish":
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+                send(peak_rss_mib=rss / 2**20 if sys.platform == "darwin" else rss / 2**10, **finish())
+                return 0
+            send(**timed(step))
+    except BenchError as e:
+        send(error=str(e))
+    except MemoryError:
+        send(error="out of memory")
+    except (BrokenPipeError, KeyboardInterrupt):  # the driver is gone
+        pass
+    return 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+
+class Worker:
+    def __init__(self, kind, args, model, B, T, config=None):
+        self.kind, self.times, self.losses, self.final = kind, [], [], None
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", kind, "-e", model, "-b", str(B), "-t", str(T),
+                "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup)]
+        argv += (["--profile"] if args.profile and kind == "ours" else []) + (["--config", config] if config else [])
+        self.spawned = time.perf_counter()
+        # a session of its own: Ctrl-C reaches the driver only, which then kills the workers
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     start_new_session=True)
+
+    def start(self):
+        """Waits for the first step, which stops the start-up clock, and for the end of the warm-up."""
+        self.first_loss = self.recv()["loss"]
+        self.startup = time.perf_counter() - self.spawned
+        self.info = self.recv()
+
+    def recv(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"the {self.kind} worker exited with status {self.proc.wait()} (its stderr is above)")
+        message = json.loads(line)
+        if "error" in message:
+            raise BenchError(f"{self.kind}: {message['error']}")
+        return message
+
+    def request(self, op):
+        try:
+            self.proc.stdin.write(json.dumps({"op": op}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # recv() reports the exit
+        return self.recv()
+
+    def close(self):
+        try:
+            self.proc.wait(timeout=10 if self.final else 0)  # a finished worker exits by itself
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def measure(args, model, B, T, with_torch=False):
+    """Starts the workers one after the other, so that each starts up alone, then alternates their timed steps."""
+    workers = []
+    try:
+        for kind in ("ours", "torch") if with_torch else ("ours",):
+            config = json.dumps(workers[0].info["config"]) if workers else None
+            workers.append(Worker(kind, args, model, B, T, config))
+            workers[-1].start()
+        for _ in range(args.steps):
+            for w in workers:  # back to back: a step after the cores idled even briefly can run 1.5x slower
+                reply = w.request("step")
+                w.times.append(reply["seconds"])
+                w.losses.append(reply["loss"])
+        for w in workers:
+            w.final = w.request("finish")
+    finally:
+        for w in workers:
+            w.close()
+    return workers
+
+
+def sgemm_gflops(config, N, repeats):
+    """numpy's GFLOP/s on the forward pass's products out (N,OC) = inp (N,K) @ weight (OC,K).T, as train_gpt2 calls
+    them: per shape the median of `repeats` timings (at least 3, fewer than asked for slow shapes) of at least
+    20 ms each, FLOP-weighted by how often a forward pass makes it. Returns (GFLOP/s, {shape: GFLOP/s})."""
+    import numpy as np
+    C, L, Vp = config["channels"], config["num_layers"], config["padded_vocab_size"]
+    rng = np.random.default_rng(0)
+    flops = seconds = 0.0
+    per_shape = {}
+    for name, OC, K, count in (("qkv", 3 * C, C, L), ("attproj", C, C, L), ("fc", 4 * C, C, L),
+                               ("fcproj", C, 4 * C, L), ("lm_head", Vp, C, 1)):
+        inp, weight = rng.standard_normal((N, K), np.float32), rng.standard_normal((OC, K), np.float32)
+        out = np.empty((N, OC), np.float32)
+        np.matmul(inp, weight.T, out=out)  # untimed: thread start-up, page faults
+        start = time.perf_counter()
+        np.matmul(inp, weight.T, out=out)
+        once = max(time.perf_counter() - start, 1e-7)
+        calls, times = max(1, int(0.02 / once)), []
+        for _ in range(max(3, min(repeats, int(2.0 / (once * calls))))):
+            start = time.perf_counter()
+            for _ in range(calls):
+                np.matmul(inp, weight.T, out=out)
+            times.append((time.perf_counter() - start) / calls)
+        per_shape[name] = 2 * N * K * OC / statistics.median(times) / 1e9
+        flops, seconds = flops + count * 2 * N * K * OC, seconds + count * statistics.median(times)
+    return flops / seconds / 1e9, per_shape
+
+
+def step_flops(info, B, T):
+    """llm.c's FLOPs of a training step, from ours' model (for torch's as well: the same model, Vp or not)."""
+    return (6 * info["num_parameters"] + 6 * info["config"]["num_layers"] * info["config"]["channels"] * T) * B * T
+
+
+def summarize(w, B, T, flops, sgemm):
+    median = statistics.median(w.times)
+    return SimpleNamespace(ms=median * 1e3, lo=min(w.times) * 1e3, hi=max(w.times) * 1e3, tokens_s=B * T / median,
+                           flops=flops, gflops=flops / median / 1e9, sgemm=flops / median / 1e9 / sgemm,
+                           rss=w.final["peak_rss_mib"], startup=w.startup)
+
+
+def cpu_busy(seconds=0.5):
+    """The fraction of all the CPUs' time spent busy over `seconds`, from /proc/stat (None elsewhere)."""
+    def sample():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+    try:
+        (total0, idle0), _, (total1, idle1) = sample(), time.sleep(seconds), sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def machine(args, workers):
+    import numpy as np
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    try:
+        from threadpoolctl import threadpool_info
+        blas = ", ".join(f"{p['internal_api']} {p['version']} {p.get('architecture', '')}".strip()
+                         for p in threadpool_info() if p["user_api"] == "blas")
+    except ImportError:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas['name']} {blas['version']}"
+    busy = f", {100 * args.busy:.0f}% busy just before" if args.busy is not None else ""
+    lines = [f"machine: {cpu}, {os.cpu_count()} cores ({ALL_CORES} usable){busy}; python "
+             f"{platform.python_version()}, numpy {np.__version__} ({blas}), numba {metadata.version('numba')}"]
+    lines += [f"         {w.kind}: {w.info['threading']}, {w.info['threads']} threads" for w in workers]
+    return "\n".join(lines)
+
+
+def main_run(args):
+    B, T = args.batch_size, args.seq_len
+    workers = measure(args, args.model, B, T, with_torch=args.vs == "torch")
+    ours = workers[0].info
+    sgemm, per_shape = sgemm_gflops(ours["config"], B * T, args.sgemm_repeats)
+    rows = [summarize(w, B, T, step_flops(ours, B, T), sgemm) for w in workers]
+    c = ours["config"]
+    print(machine(args, workers))
+    print(f"model:   {args.model}: L={c['num_layers']} C={c['channels']} NH={c['num_heads']} V={c['vocab_size']} "
+          f"Vp={c['padded_vocab_size']}, {ours['num_parameters']:,} parameters; B={B} T={T}, "
+          f"{rows[0].flops / 1e9:.4g} GFLOP/step by llm.c's (6N + 6LCT)*B*T")
+    print(f"steps:   {args.warmup} warm-up + {args.steps} timed" + (", alternating" if len(workers) > 1 else "")
+          + f", batch seed {args.seed}; numba kernels {ours['cached']} loaded from cache, {ours['compiled']} compiled")
+    print(f"sgemm:   numpy {sgemm:.1f} GFLOP/s on the forward matmuls of {B * T} rows ("
+          + ", ".join(f"{k} {v:.0f}" for k, v in per_shape.items()) + ")\n")
+    print("| trainer | ms/step, median (min-max) | tokens/s | GFLOP/s | % of sgemm | peak RSS MiB | "
+          "start to 1st step s |\n|---|--:|--:|--:|--:|--:|--:|")
+    names = ["ours (numba)"] + [f"PyTorch {w.info['torch']}" for w in workers[1:]]
+    for name, r in zip(names, rows):
+        print(f"| {name} | {r.ms:.1f} ({r.lo:.1f}-{r.hi:.1f}) | {r.tokens_s:,.0f} | {r.gflops:.1f} | "
+              f"{100 * r.sgemm:.0f}% | {r.rss:,.0f} | {r.startup:.1f} |")
+    if len(rows) > 1:
+        print(f"\nspeed-up (torch ms / ours ms) {rows[1].ms / rows[0].ms:.2f}x; peak RSS (ours / torch) "
+              f"{rows[0].rss / rows[1].rss:.2f}x; of sgemm: ours {100 * rows[0].sgemm:.0f}%, torch "
+              f"{100 * rows[1].sgemm:.0f}%")
+    print("\nloss, first step -> last: " + "; ".join(f"{w.kind} {w.first_loss:.4f} -> {w.losses[-1]:.4f}"
+                                                      for w in workers))
+    if args.profile:
+        print_profile(workers[0])
+
+
+def print_profile(w):
+    steps, step = len(w.times), statistics.fmean(w.times) * 1e3
+    stats = sorted(w.final["profile"].items(), key=lambda kv: -kv[1][2])
+    print(f"\nprofile of ours: {step:.1f} ms/step (mean over {steps} timed steps, timers on); self = exclusive time"
+          "\n| kernel | calls/step | self ms/step | % of step | incl. ms/step |\n|---|--:|--:|--:|--:|")
+    for name, (calls, inclusive, exclusive) in stats:
+        if calls:
+            ms = exclusive / steps * 1e3
+            print(f"| {name} | {calls / steps:g} | {ms:.2f} | {100 * ms / step:.1f}% | {inclusive / steps * 1e3:.2f} |")
+    other = step - sum(s[2] for _, s in stats) / steps * 1e3
+    print(f"| other (Python, views, loss mean) | | {other:.2f} | {100 * other / step:.1f}% | |")
+
+
+def sweep(args):
+    B, T = args.batch_size, args.seq_len
+    parts = [(f"over B*T at {args.model}, B={B}", [(args.model, B, bt // B) for bt in args.sweep_bt]),
+             (f"over depth at B={B}, T={T}", [(d, B, T) for d in args.sweep_depths])]
+    print(f"sweep: {args.warmup} warm-up + {args.steps} timed steps per config, each in a fresh worker")
+    done = {}
+    for title, configs in parts:
+        print(f"\n({title})\n\n| model | params M | B | T | B*T | ms/step | us/token | per token vs first | tokens/s | "
+              "GFLOP/s | % of sgemm | peak RSS MiB | start s |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        first = None
+        for model, b, t in configs:
+            if (model, b, t) not in done:
+                w = measure(args, model, b, t)[0]
+                sgemm = sgemm_gflops(w.info["config"], b * t, args.sgemm_repeats)[0]
+                done[model, b, t] = w, summarize(w, b, t, step_flops(w.info, b, t), sgemm)
+            w, r = done[model, b, t]
+            per_token = r.ms * 1e3 / (b * t)
+            first = first or per_token
+            print(f"| {model} | {w.info['num_parameters'] / 1e6:.1f} | {b} | {t} | {b * t} | {r.ms:.1f} | "
+                  f"{per_token:.1f} | {per_token / first:.2f}x | {r.tokens_s:,.0f} | {r.gflops:.1f} | "
+                  f"{100 * r.sgemm:.0f}% | {r.rss:,.0f} | {r.startup:.1f} |", flush=True)
+    print("\n" + machine(args, [w]))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("-e", "--model", default="d12", metavar="MODEL",
+        help="descriptor (d6, d12, gpt3:c768...) or llm.c checkpoint .bin (default %(default)s)")
+    add("-b", "--batch-size", type=int, default=4, metavar="B", help="B, also the sweep's (default %(default)s)")
+    add("-t", "--seq-len", type=int, default=64, metavar="T", help="T, also the depth sweep's (default %(default)s)")
+    add("--threads", type=int, default=ALL_CORES, metavar="N",
+        help="threads of numba, BLAS and torch (default: all cores, %(default)s)")
+    add("--warmup", type=int, metavar="N", help="untimed steps first, at least 1 (default 2; 1 with --sweep)")
+    add("--steps", type=int, metavar="N", help="timed steps (default 10; 3 with --sweep)")
+    add("--seed", type=int, default=1337, help="seed of the random batch (default %(default)s)")
+    add("--vs", choices=("torch",), help="also time dev/make_reference.py's PyTorch GPT-2, alternating steps")
+    add("--profile", action="store_true", help="each train_gpt2 kernel's share of our step")
+    add("--sweep", action="store_true", help="ms/step, per-token cost and RSS over B*T and over depth")
+    add("--sweep-bt", default="256,1024,4096", metavar="LIST",
+        help="B*T of the sweep over B*T, at -e and -b (T = B*T / B; default %(default)s)")
+    add("--sweep-depths", default="d6,d12,d24", metavar="LIST",
+        help="models of the sweep over depth, at -b and -t (default %(default)s)")
+    add("--sgemm-repeats", type=int, default=5, metavar="N",
+        help="timings per sgemm shape, at least 3, fewer when slow (default %(default)s)")
+    add("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    add("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.warmup = 1 if args.warmup is None and args.sweep else 2 if args.warmup is None else args.warmup
+    args.steps = 3 if args.steps is None and args.sweep else 10 if args.steps is None else args.steps
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1: the first step loads or compiles the kernels")
+    for name in ("batch_size", "seq_len", "threads", "steps", "sgemm_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.sweep and (args.vs or args.profile):
+        parser.error("--sweep times ours alone: no --vs or --profile with it")
+    try:
+        args.sweep_bt = [int(v) for v in args.sweep_bt.split(",")]
+    except ValueError:
+        parser.error(f"--sweep-bt {args.sweep_bt!r}: expected integers separated by commas")
+    if any(bt < 1 or bt % args.batch_size for bt in args.sweep_bt):
+        parser.error(f"every --sweep-bt must be a positive multiple of B={args.batch_size}")
+    args.sweep_depths = args.sweep_depths.split(",")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return serve(args)
+    if args.vs == "torch" and importlib.util.find_spec("torch") is None:
+        print("error: --vs torch needs PyTorch: pip install torch==2.13.0 (dev/requirements-dev.txt)", file=sys.stderr)
+        return 1
+    for var in THREAD_VARS:  # the workers' threads, and this process's for the sgemm
+        os.environ[var] = str(args.threads)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up as Ctrl-C does
+    args.busy = cpu_busy()
+    if args.busy is not None and args.busy > 0.1:
+        print(f"warning: other processes use {100 * args.busy:.0f}% of the CPUs; BLAS and OpenMP threads slow down "
+              "many times when they share cores, so expect slow and noisy numbers", file=sys.stderr)
+    try:
+        sweep(args) if args.sweep else main_run(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
