@@ -663,12 +663,10 @@ def config_from_descriptor(descriptor):
 
 
 @njit(parallel=True, cache=True)  # no fastmath: the float32 operations must happen exactly as written
-def uniform_from_draws(draws):
-    # draws (n,) uint32 -> (n,) float32 in [0, 1): llm.c's randfloat32, the low 24 bits over 2**24
-    out = np.empty(draws.shape[0], dtype=np.float32)
+def uniform_from_draws(out, draws):
+    # draws (n,) uint32 -> out (n,) float32 in [0, 1): llm.c's randfloat32, the low 24 bits over 2**24
     for i in prange(draws.shape[0]):
         out[i] = np.float32(draws[i] & 0xFFFFFF) * np.float32(1.0 / (1 << 24))
-    return out
 
 
 @njit(parallel=True, cache=True)
@@ -704,13 +702,21 @@ class MersenneTwister:
 
     def uniform(self, n):
         """llm.c's randfloat32 n times."""
-        return uniform_from_draws(self.randint32(n))
+        out = np.empty(n, dtype=np.float32)
+        uniform_from_draws(out, self.randint32(n))
+        return out
 
     def normal(self, n, std):
-        """llm.c's normal_ for n >= 16: Box-Muller on blocks of 16 uniforms, the first 8 paired with the last 8;
-        when n is not a multiple of 16, the last 16 values are drawn again from 16 fresh uniforms."""
+        """llm.c's normal_ of n values."""
+        return self.fill_normal(np.empty(n, dtype=np.float32), std)
+
+    def fill_normal(self, out, std):
+        """llm.c's normal_ into the flat float32 array out, for n >= 16: Box-Muller on blocks of 16 uniforms, the
+        first 8 paired with the last 8; when n is not a multiple of 16, the last 16 values are drawn again from 16
+        fresh uniforms."""
+        n = out.size
         assert n >= 16, "llm.c draws tensors of fewer than 16 values differently; no GPT-2 tensor is that small"
-        out = self.uniform(n)
+        uniform_from_draws(out, self.randint32(n))
         box_muller(out[:n // 16 * 16].reshape(-1, 16), np.float32(std))
         if n % 16:
             tail = self.uniform(16)
@@ -728,20 +734,19 @@ class MersenneTwister:
         return np.array(order, dtype=np.int64)
 
 
-def build_from_descriptor(descriptor, dtype=np.float32):
+def build_from_descriptor(descriptor):
     config = config_from_descriptor(descriptor)
-    model = GPT2(config, np.zeros(sum(math.prod(s) for s in parameter_shapes(config).values()), dtype=dtype))
+    model = GPT2(config, np.zeros(sum(math.prod(s) for s in parameter_shapes(config).values()), dtype=np.float32))
     p, L, rng = model.params, config.num_layers, MersenneTwister(42)
     residual_scale = np.float32(1.0) / np.sqrt(np.float32(2.0 * L))  # float32 arithmetic, as in llm.c
     for name in ("ln1w", "ln2w", "lnfw"):
         getattr(p, name)[...] = 1.0
-    p.wte[:config.vocab_size] = rng.normal(config.vocab_size * config.channels, 0.02).reshape(config.vocab_size, -1)
-    p.wpe[...] = rng.normal(p.wpe.size, 0.02).reshape(p.wpe.shape)
+    rng.fill_normal(p.wte[:config.vocab_size].reshape(-1), 0.02)  # the padded rows stay zero
+    rng.fill_normal(p.wpe.reshape(-1), 0.02)
     for l in range(L):
         for name, std in (("qkvw", 0.02), ("attprojw", np.float32(0.02) * residual_scale), ("fcw", 0.02),
                           ("fcprojw", np.float32(0.02) * residual_scale)):
-            weight = getattr(p, name)[l]
-            weight[...] = rng.normal(weight.size, std).reshape(weight.shape)
+            rng.fill_normal(getattr(p, name)[l].reshape(-1), std)
     return model
 
 
