@@ -202,7 +202,7 @@ def test_attention_gradients():
     np.testing.assert_allclose(att, probs, atol=1e-12)
     np.testing.assert_allclose(out, (probs @ v).transpose(0, 2, 1, 3).reshape(B, T, C), atol=1e-12)
     dqkv = np.full_like(qkv, np.nan)  # attention_backward writes every entry
-    g.attention_backward(dqkv, weights, qkv, att, NH)
+    g.attention_backward(dqkv, weights, qkv, att, np.full_like(att, np.nan), NH)
     assert_gradient("qkv", dqkv, numerical_gradient(loss, qkv))
 
 
@@ -657,7 +657,8 @@ def test_refuses_too_long_sequences_and_divergence(shards, tmp_path, capsys):
     model.params.lnfw[0] = np.inf
     path = str(tmp_path / "inf.bin")
     g.save_model(path, model)
-    assert_refused(["-e", path] + shards[2:] + ["-s", "0", "-v", "0", "-b", "2", "-t", "8"], capsys, "loss is nan at step 0")
+    assert_refused(["-e", path] + shards[2:] + ["-s", "0", "-v", "0", "-b", "2", "-t", "8"], capsys,
+                   "loss is nan at step 0")
 
 
 def test_refuses_bad_tokenizer_and_debug_state(tmp_path, encoding):
@@ -710,7 +711,8 @@ def test_learning_rate_schedules():
         np.testing.assert_allclose(schedule[name][:warmup], lr * np.arange(1, warmup + 1) / warmup)
     assert schedule["constant"] == [lr] * (steps + 1)
     decay = (np.arange(warmup, steps + 1) - warmup) / (steps - warmup)
-    np.testing.assert_allclose(schedule["cosine"][warmup:], lr * frac + 0.5 * (1 + np.cos(np.pi * decay)) * lr * (1 - frac))
+    np.testing.assert_allclose(schedule["cosine"][warmup:],
+                               lr * frac + 0.5 * (1 + np.cos(np.pi * decay)) * lr * (1 - frac))
     np.testing.assert_allclose(schedule["linear"][warmup:], lr - decay * lr * (1 - frac))
     np.testing.assert_allclose(schedule["wsd"][warmup:80], lr)  # stable until 80% of the steps
     wsd_decay = (np.arange(80, steps + 1) - 80) / 20
@@ -734,7 +736,8 @@ def test_accumulation_equals_one_larger_batch():
         model.forward(x[2 * part:2 * part + 2], y[2 * part:2 * part + 2])
         model.backward(loss_scale=1 / 3)
     difference = np.abs(model.grads_memory - whole).max()
-    print(f"accumulated vs whole batch: largest difference {difference:.2e}, largest gradient {np.abs(whole).max():.2e}")
+    print(f"accumulated vs whole batch: largest difference {difference:.2e}, "
+          f"largest gradient {np.abs(whole).max():.2e}")
     assert difference <= 1e-6 * np.abs(whole).max() * 10
 
 

@@ -252,78 +252,76 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
         bias_backward(dbias, dout)
 
 
+# Attention. Each head h looks at its own hs = C/NH channels of the queries, keys and values that the qkv matmul
+# made: scores = q @ k.T / sqrt(hs), causal softmax over each row (position t sees positions 0..t), out = att @ v.
+# The products are BLAS's, over the heads as a batch; heads() views a (B,T,C) buffer as (B,NH,T,hs) with no copy.
+
+def heads(x, NH):
+    B, T, C = x.shape
+    return x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)
+
+
+def split_qkv(qkv, NH):
+    # (B,T,3C) -> the (B,NH,T,hs) views of the queries, keys and values
+    C = qkv.shape[2] // 3
+    return [heads(qkv[:, :, i * C:(i + 1) * C], NH) for i in range(3)]
+
+
 @kernel
-def attention_forward(out, att, qkv, NH):
-    # out (B,T,C); att (B,NH,T,T) the attention weights, saved for the backward pass; qkv (B,T,3C) holds the
-    # queries, keys and values of all heads side by side. Causal: position t attends to positions 0..t only.
-    # Sums are kept in the input's dtype, which lets float32 loops run 8 lanes wide.
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // NH  # head size
-    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
+def causal_softmax(att, scale):
+    # att (B,NH,T,T), in place: from q.k scores to attention weights, softmax(scale * score) over columns 0..t of
+    # row t, and 0 in the columns after it
+    B, NH, T, _ = att.shape
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
-        q, k, v = h * hs, C + h * hs, 2 * C + h * hs  # where this head's query, key and value start
         for t in range(T):
-            # scores = q_t . k_t2 / sqrt(hs), then softmax over t2 <= t
-            maxval = qkv.dtype.type(-1e30)
+            maxval = att.dtype.type(-1e30)
             for t2 in range(t + 1):
-                dot = qkv.dtype.type(0)
-                for i in range(hs):
-                    dot += qkv[b, t, q + i] * qkv[b, t2, k + i]
-                att[b, h, t, t2] = dot * scale
-                maxval = max(maxval, dot * scale)
-            expsum = qkv.dtype.type(0)
+                maxval = max(maxval, att[b, h, t, t2])
+            expsum = att.dtype.type(0)
             for t2 in range(t + 1):
-                e = math.exp(att[b, h, t, t2] - maxval)
+                e = math.exp((att[b, h, t, t2] - maxval) * scale)
                 att[b, h, t, t2] = e
                 expsum += e
-            for t2 in range(T):
-                att[b, h, t, t2] = att[b, h, t, t2] / expsum if t2 <= t else 0
-            # out_t = sum over t2 of att[t, t2] * v_t2
-            for i in range(hs):
-                out[b, t, h * hs + i] = 0
             for t2 in range(t + 1):
-                a = att[b, h, t, t2]
-                for i in range(hs):
-                    out[b, t, h * hs + i] += a * qkv[b, t2, v + i]
+                att[b, h, t, t2] /= expsum
+            for t2 in range(t + 1, T):
+                att[b, h, t, t2] = 0
 
 
 @kernel
-def attention_backward(dqkv, dout, qkv, att, NH):
-    # writes dqkv (B,T,3C); dout (B,T,C); qkv (B,T,3C); att (B,NH,T,T)
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // NH
-    scale = qkv.dtype.type(1.0 / math.sqrt(hs))
+def causal_softmax_backward(datt, att, scale):
+    # datt (B,NH,T,T), in place: from d(loss)/d(weights) to d(loss)/d(scores), through weights = softmax(scale *
+    # scores): dscore = scale * att * (datt - sum over the row of att * datt); 0 where att is masked
+    B, NH, T, _ = att.shape
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
-        q, k, v = h * hs, C + h * hs, 2 * C + h * hs
         for t in range(T):
-            for i in range(hs):
-                dqkv[b, t, q + i] = 0
-                dqkv[b, t, k + i] = 0
-                dqkv[b, t, v + i] = 0
-        datt = np.empty(T, dtype=qkv.dtype)
-        for t in range(T):
-            # through out_t = sum att[t,t2] v_t2: datt[t2] = dout_t . v_t2, dv_t2 += att[t,t2] dout_t
+            weighted = att.dtype.type(0)
             for t2 in range(t + 1):
-                dot = qkv.dtype.type(0)
-                a = att[b, h, t, t2]
-                for i in range(hs):
-                    dot += dout[b, t, h * hs + i] * qkv[b, t2, v + i]
-                    dqkv[b, t2, v + i] += a * dout[b, t, h * hs + i]
-                datt[t2] = dot
-            # through the softmax: dscore[t2] = att[t,t2] * (datt[t2] - sum over t3 of att[t,t3] datt[t3])
-            weighted = qkv.dtype.type(0)
-            for t2 in range(t + 1):
-                weighted += att[b, h, t, t2] * datt[t2]
-            # through score = q_t . k_t2 * scale
-            for t2 in range(t + 1):
-                dscore = att[b, h, t, t2] * (datt[t2] - weighted) * scale
-                for i in range(hs):
-                    dqkv[b, t, q + i] += dscore * qkv[b, t2, k + i]
-                    dqkv[b, t2, k + i] += dscore * qkv[b, t, q + i]
+                weighted += att[b, h, t, t2] * datt[b, h, t, t2]
+            for t2 in range(T):
+                datt[b, h, t, t2] = att[b, h, t, t2] * (datt[b, h, t, t2] - weighted) * scale
+
+
+def attention_forward(out, att, qkv, NH):
+    # out (B,T,C); att (B,NH,T,T) the attention weights, saved for the backward pass; qkv (B,T,3C)
+    q, k, v = split_qkv(qkv, NH)
+    np.matmul(q, k.transpose(0, 1, 3, 2), out=att)
+    causal_softmax(att, att.dtype.type(1.0 / math.sqrt(q.shape[-1])))
+    np.matmul(att, v, out=heads(out, NH))
+
+
+def attention_backward(dqkv, dout, qkv, att, datt, NH):
+    # writes dqkv (B,T,3C); dout (B,T,C); qkv (B,T,3C); att (B,NH,T,T); datt (B,NH,T,T) is scratch
+    q, k, v = split_qkv(qkv, NH)
+    dq, dk, dv = split_qkv(dqkv, NH)
+    dout = heads(dout, NH)
+    np.matmul(dout, v.transpose(0, 1, 3, 2), out=datt)    # out = att @ v: datt = dout @ v.T
+    np.matmul(att.transpose(0, 1, 3, 2), dout, out=dv)    #                dv = att.T @ dout
+    causal_softmax_backward(datt, att, att.dtype.type(1.0 / math.sqrt(q.shape[-1])))
+    np.matmul(datt, k, out=dq)                            # scores = q @ k.T: dq = dscores @ k
+    np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)      #                   dk = dscores.T @ q
 
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
@@ -439,12 +437,13 @@ def activation_shapes(config, B, T):
         "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
         "fch": (L, B, T, 4 * C),
         "fch_gelu": (B, T, 4 * C),  # one layer's: the backward pass computes it again, to save memory
-        "residual3": (L, B, T, C),                                         # after the MLP's residual: the block's output
+        "residual3": (L, B, T, C),                                         # after the MLP's residual: the output
         "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
         "logits": (B, T, Vp),                                              # the backward pass turns them into dlogits
         "logsumexp": (B, T), "losses": (B, T),
         # backward scratch: the residual stream's gradient, and one buffer per width, reused by every layer
         "dresidual": (B, T, C), "dbtc": (B, T, C), "dqkv": (B, T, 3 * C), "dbt4c": (B, T, 4 * C),
+        "datt": (B, NH, T, T),
         "dweight": (4 * C * C,),                                           # see matmul_backward
     }
 
@@ -572,7 +571,7 @@ class GPT2:
                                a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel())
             # attention, backwards; dres now holds d(loss)/d(residual2[l])
             matmul_back(rows(a.dbtc), g.attprojw[l], g.attprojb[l], dres, rows(a.atty[l]), p.attprojw[l])
-            attention_backward(a.dqkv, a.dbtc, a.qkv[l], a.att[l], cfg.num_heads)
+            attention_backward(a.dqkv, a.dbtc, a.qkv[l], a.att[l], a.datt, cfg.num_heads)
             matmul_back(rows(a.dbtc), g.qkvw[l], g.qkvb[l], rows(a.dqkv), rows(a.ln1[l]), p.qkvw[l])
             layernorm_backward(dres, g.ln1w[l], g.ln1b[l], rows(a.dbtc), rows(residual), p.ln1w[l],
                                a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel())
@@ -1135,9 +1134,11 @@ def load_state(path, model, loader, sample_rng, args):
     """Restores AdamW's moments, the data loader and the sampling RNG; returns the step to continue from."""
     header = read_header(path, STATE_MAGIC, (1,))
     differences = [f"{flag} {decode_setting(header[slot], kind)} there, {getattr(args, name)} now"
-                   for slot, flag, name, kind in RUN_SETTINGS if header[slot] != encode_setting(getattr(args, name), kind)]
+                   for slot, flag, name, kind in RUN_SETTINGS
+                   if header[slot] != encode_setting(getattr(args, name), kind)]
     if header[5] != int(loader.shuffle):
-        differences.append(f"data shuffling {'on' if header[5] else 'off'} there, {'on' if loader.shuffle else 'off'} now")
+        on_off = {0: "off", 1: "on"}
+        differences.append(f"data shuffling {on_off[int(header[5])]} there, {on_off[int(loader.shuffle)]} now")
     if differences:
         raise GPT2Error(f"{path}: cannot resume with other settings: " + "; ".join(differences))
     data, offset = np.memmap(path, dtype=np.uint8, mode="r"), HEADER_BYTES
@@ -1212,7 +1213,9 @@ def trim_log(out_dir, step):
 
 def format_duration(seconds):
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 DEFAULT_MODEL = "gpt2_124M.bin"
