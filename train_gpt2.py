@@ -54,6 +54,7 @@ from numba import njit, prange  # noqa: E402
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 MODEL_MAGIC, DEBUG_STATE_MAGIC, TOKENIZER_MAGIC, SHARD_MAGIC = 20240326, 20240327, 20240328, 20240520
+STATE_MAGIC = 20240527  # the training state of llm.c's full trainer
 
 
 class GPT2Error(Exception):
@@ -112,11 +113,14 @@ def write_atomically(path, chunks):
 #
 # The kernels are dtype-generic: the same code runs in float32 for training and in float64 for the gradient
 # checks of test_gpt2.py. Numba compiles each once per dtype and caches the machine code on disk.
-# `prange` loops run in parallel over the cores. Accumulations use float64 scalars, whatever the dtype.
-# fastmath lets LLVM reorder sums to vectorise them, but not assume that values are finite, so a diverging run
-# still shows its NaN or inf.
+# `prange` loops run in parallel over the cores. Sums and constants take the input's dtype (`x.dtype.type(0)`),
+# so that float32 code stays float32; only layernorm's statistics are summed in float64. The fastmath flags
+# allow fused multiply-adds but neither reordered sums (LLVM vectorised a reordered sum differently in a kernel
+# compiled in the process and in the same kernel loaded from numba's cache, and the last bits of a loss then
+# changed between a run and its resumption) nor the assumption that values are finite (a diverging run must
+# still show its NaN or inf).
 
-kernel = njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+kernel = njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract"})
 COLUMN_BLOCK = 16  # reductions over rows work on 16 columns at a time: one 64-byte cache line of float32
 
 
@@ -257,6 +261,7 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 # The products are BLAS's, over the heads as a batch; heads() views a (B,T,C) buffer as (B,NH,T,hs) with no copy.
 
 def heads(x, NH):
+    # splitting the last axis, whose stride is one element, always gives a view: matmul's out= writes through it
     B, T, C = x.shape
     return x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)
 
@@ -316,9 +321,9 @@ def attention_backward(dqkv, dout, qkv, att, datt, NH):
     # writes dqkv (B,T,3C); dout (B,T,C); qkv (B,T,3C); att (B,NH,T,T); datt (B,NH,T,T) is scratch
     q, k, v = split_qkv(qkv, NH)
     dq, dk, dv = split_qkv(dqkv, NH)
-    dout = heads(dout, NH)
-    np.matmul(dout, v.transpose(0, 1, 3, 2), out=datt)    # out = att @ v: datt = dout @ v.T
-    np.matmul(att.transpose(0, 1, 3, 2), dout, out=dv)    #                dv = att.T @ dout
+    dout_h = heads(dout, NH)
+    np.matmul(dout_h, v.transpose(0, 1, 3, 2), out=datt)  # out = att @ v: datt = dout @ v.T
+    np.matmul(att.transpose(0, 1, 3, 2), dout_h, out=dv)  #                dv = att.T @ dout
     causal_softmax_backward(datt, att, att.dtype.type(1.0 / math.sqrt(q.shape[-1])))
     np.matmul(datt, k, out=dq)                            # scores = q @ k.T: dq = dscores @ k
     np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)      #                   dk = dscores.T @ q
@@ -330,8 +335,10 @@ GELU_SCALE = math.sqrt(2.0 / math.pi)
 @njit(cache=True, inline="always")
 def tanh(y):
     # tanh(y) = 1 - 2 / (exp(2y) + 1): C's expf is several times faster than its tanhf, and this is as accurate
-    # to the float32 rounding of GELU's output (exp(2y) = inf for large y gives 1, as it should)
-    return 1 - 2 / (math.exp(2 * y) + 1)
+    # to the float32 rounding of GELU's output (exp(2y) = inf for large y gives 1, as it should). The float32
+    # constants keep a float32 y in float32 (an integer constant would make it float64); float64 stays float64.
+    one, two = np.float32(1), np.float32(2)
+    return one - two / (math.exp(two * y) + one)
 
 
 @kernel
@@ -343,7 +350,7 @@ def gelu_forward(out, inp):
     for n in prange(N):
         for k in range(K):
             x = inp[n, k]
-            out[n, k] = half * x * (1 + tanh(scale * (x + cube * x * x * x)))
+            out[n, k] = half * x * (half + half + tanh(scale * (x + cube * x * x * x)))
 
 
 @kernel
@@ -355,8 +362,9 @@ def gelu_backward(dinp, inp, dout):
         for k in range(K):
             x = inp[n, k]
             tanh_out = tanh(scale * (x + cube * x * x * x))
-            sech2 = 1 - tanh_out * tanh_out
-            local_grad = half * (1 + tanh_out) + half * x * sech2 * scale * (1 + 3 * cube * x * x)
+            one = half + half
+            sech2 = one - tanh_out * tanh_out
+            local_grad = half * (one + tanh_out) + half * x * sech2 * scale * (one + (one + one + one) * cube * x * x)
             dinp[n, k] = dout[n, k] * local_grad
 
 
@@ -448,6 +456,20 @@ def activation_shapes(config, B, T):
     }
 
 
+def num_parameters(config):
+    return sum(math.prod(shape) for shape in parameter_shapes(config).values())
+
+
+def check_config(config, source):
+    """Refuses a model shape the kernels cannot run, naming where it came from."""
+    c = config
+    sizes = (c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels)
+    if min(sizes) < 1 or c.padded_vocab_size < c.vocab_size:
+        raise GPT2Error(f"{source}: not a valid model: {vars(c)}")
+    if c.channels % c.num_heads:
+        raise GPT2Error(f"{source}: {c.channels} channels do not split into {c.num_heads} heads")
+
+
 def point_tensors(memory, shapes):
     """Views a flat buffer as named tensors of the given shapes, one after another (llm.c's malloc_and_point)."""
     tensors, offset = {}, 0
@@ -467,7 +489,7 @@ class GPT2:
     def __init__(self, config, params_memory):
         self.config = config
         self.shapes = parameter_shapes(config)
-        self.num_parameters = sum(math.prod(s) for s in self.shapes.values())
+        self.num_parameters = num_parameters(config)
         assert params_memory.shape == (self.num_parameters,)
         self.dtype = params_memory.dtype
         # parameters, their gradients and AdamW's two moments: four flat buffers of one layout
@@ -484,14 +506,15 @@ class GPT2:
         """Allocates the activations for batches of up to B sequences of up to T tokens, once."""
         if T > self.config.max_seq_len:
             raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {self.config.max_seq_len}")
-        self.max_shapes = activation_shapes(self.config, B, T)
-        self.acts_memory = np.zeros(sum(math.prod(s) for s in self.max_shapes.values()), dtype=self.dtype)
+        sizes = {name: (math.prod(shape),) for name, shape in activation_shapes(self.config, B, T).items()}
+        self.acts_memory = np.zeros(sum(size for size, in sizes.values()), dtype=self.dtype)
+        self.act_regions = point_tensors(self.acts_memory, sizes)  # one flat region per activation
         self.max_batch = (B, T)
 
     def activations(self, B, T):
-        """Views of the activation buffer for a batch of (B, T), which must fit in what allocate() made room for."""
-        regions = point_tensors(self.acts_memory, {name: (math.prod(s),) for name, s in self.max_shapes.items()})
-        return SimpleNamespace(**{name: getattr(regions, name)[:math.prod(shape)].reshape(shape)
+        """Views of the activation buffer for a batch of (B, T), which must fit in what allocate() made room for:
+        each activation is the start of its region."""
+        return SimpleNamespace(**{name: getattr(self.act_regions, name)[:math.prod(shape)].reshape(shape)
                                   for name, shape in activation_shapes(self.config, B, T).items()})
 
     def check_tokens(self, tokens, what):
@@ -590,9 +613,9 @@ def config_from_header(header):
 def load_model(path, dtype=np.float32):
     header = read_header(path, MODEL_MAGIC, (3, 5))
     config = config_from_header(header)
-    num_parameters = sum(math.prod(s) for s in parameter_shapes(config).values())
+    check_config(config, path)
     stored = np.dtype("<f4") if header[1] == 3 else np.dtype("<u2")
-    check_file_size(path, HEADER_BYTES + num_parameters * stored.itemsize)
+    check_file_size(path, HEADER_BYTES + num_parameters(config) * stored.itemsize)
     data = np.fromfile(path, dtype=stored, offset=HEADER_BYTES)
     if header[1] == 5:
         data = (data.astype(np.uint32) << 16).view(np.float32)
@@ -614,8 +637,7 @@ def read_debug_state(path, config):
     header = read_header(path, DEBUG_STATE_MAGIC, (2,))
     B, T, num_losses = int(header[2]), int(header[3]), int(header[4])
     V = config.vocab_size
-    num_parameters = sum(math.prod(s) for s in parameter_shapes(config).values())
-    sizes = [B * T, B * T, B * T * V, 1, num_parameters, num_losses]
+    sizes = [B * T, B * T, B * T * V, 1, num_parameters(config), num_losses]
     check_file_size(path, HEADER_BYTES + 4 * sum(sizes))
     body = np.fromfile(path, dtype="<i4", offset=HEADER_BYTES)
     x, y, logits, loss, grads, losses = np.split(body, np.cumsum(sizes)[:-1])
@@ -651,14 +673,16 @@ def config_from_descriptor(descriptor):
             raise GPT2Error(f"unsupported GPT-3 channels {number}: one of {sorted(GPT3_SHAPES)}")
         channels = int(number)
         depth, head_size = GPT3_SHAPES[channels]
-        heads, max_seq_len = channels // head_size, 2048
+        heads, max_seq_len = max(1, channels // head_size), 2048
     else:
         if int(number) not in GPT2_SHAPES:
             raise GPT2Error(f"unsupported GPT-2 depth {number}: one of {sorted(GPT2_SHAPES)}")
         depth = int(number)
         (channels, heads), max_seq_len = GPT2_SHAPES[depth], 1024
-    return GPT2Config(max_seq_len=max_seq_len, vocab_size=50257, padded_vocab_size=50304, num_layers=depth,
-                      num_heads=heads, channels=channels)
+    config = GPT2Config(max_seq_len=max_seq_len, vocab_size=50257, padded_vocab_size=50304, num_layers=depth,
+                        num_heads=heads, channels=channels)
+    check_config(config, descriptor)
+    return config
 
 
 @njit(parallel=True, cache=True)  # no fastmath: the float32 operations must happen exactly as written
@@ -686,6 +710,7 @@ class MersenneTwister:
     """llm.c's mt19937 (llmc/rand.h), which is PyTorch's CPU generator: numpy's MT19937 with torch's seeding."""
 
     def __init__(self, seed):
+        self.seed = seed
         key = np.zeros(624, dtype=np.uint32)
         key[0] = seed
         for j in range(1, 624):
@@ -735,7 +760,7 @@ class MersenneTwister:
 
 def build_from_descriptor(descriptor):
     config = config_from_descriptor(descriptor)
-    model = GPT2(config, np.zeros(sum(math.prod(s) for s in parameter_shapes(config).values()), dtype=np.float32))
+    model = GPT2(config, np.zeros(num_parameters(config), dtype=np.float32))
     p, L, rng = model.params, config.num_layers, MersenneTwister(42)
     residual_scale = np.float32(1.0) / np.sqrt(np.float32(2.0 * L))  # float32 arithmetic, as in llm.c
     for name in ("ln1w", "ln2w", "lnfw"):
@@ -754,43 +779,54 @@ def build_from_descriptor(descriptor):
 #
 # m and v are running averages of the gradient and of its square; their bias-corrected ratio sets each
 # parameter's step. Weight decay is decoupled (it shrinks the parameter directly) and, as in llm.c's full
-# trainer, applies only to the 2-D tensors: the embeddings and the weight matrices, not biases or layernorms.
+# trainer, applies only to the embeddings and the weight matrices (one 2-D matrix per layer; stored here as
+# one (L, out, in) tensor), not to the biases or layernorms.
 
 @kernel
 def adamw_kernel(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, grad_scale, beta1_correction,
                  beta2_correction):
-    # params, grads, m, v (P,): one parameter tensor, flat
+    # params, grads, m, v (P,): one parameter tensor, flat; the scalars have the parameters' dtype
+    one = params.dtype.type(1)
     for i in prange(params.shape[0]):
         grad = grads[i] * grad_scale
-        m[i] = beta1 * m[i] + (1 - beta1) * grad
-        v[i] = beta2 * v[i] + (1 - beta2) * grad * grad
+        m[i] = beta1 * m[i] + (one - beta1) * grad
+        v[i] = beta2 * v[i] + (one - beta2) * grad * grad
         m_hat = m[i] / beta1_correction
         v_hat = v[i] / beta2_correction
         params[i] -= lr * (m_hat / (math.sqrt(v_hat) + eps) + weight_decay * params[i])
 
 
+DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # the matrices; not the biases or layernorms
+
+
 def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
     """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for clipping).
-    The arithmetic is in the parameters' dtype, float32 as in llm.c."""
+    The arithmetic is in the parameters' dtype: float32, as llm.c's, down to the bias corrections."""
     f = model.dtype.type
     offset = 0
-    for shape in model.shapes.values():
+    for name, shape in model.shapes.items():
         size = math.prod(shape)
         region = slice(offset, offset + size)
         adamw_kernel(model.params_memory[region], model.grads_memory[region], model.m_memory[region],
                      model.v_memory[region], f(lr), f(beta1), f(beta2), f(eps),
-                     f(weight_decay if len(shape) == 2 else 0.0), f(grad_scale), f(1.0 - beta1 ** t),
-                     f(1.0 - beta2 ** t))
+                     f(weight_decay if name in DECAYED else 0.0), f(grad_scale), f(1) - f(beta1) ** f(t),
+                     f(1) - f(beta2) ** f(t))
         offset += size
 
 
 @kernel
 def sum_of_squares(x):
-    # x (P,) -> sum of x[i]^2, accumulated in float64
-    total = 0.0
-    for i in prange(x.shape[0]):
-        total += x[i] * x[i]
-    return total
+    # x (P,) -> sum of x[i]^2 in float64. Each block of 65536 values has its own partial sum, added up in order
+    # afterwards: a plain parallel reduction would add the threads' partial sums in whatever order the threads
+    # finish, and the last bits of the norm, and so of a clipped update, would change from run to run.
+    block = 65536
+    partial = np.zeros((x.shape[0] + block - 1) // block)
+    for j in prange(partial.shape[0]):
+        total = 0.0
+        for i in range(j * block, min(x.shape[0], (j + 1) * block)):
+            total += x[i] * x[i]
+        partial[j] = total
+    return partial.sum()
 
 
 def gradient_norm(model):
@@ -857,12 +893,13 @@ class DataLoader:
         self.B, self.T, self.vocab_size, self.shuffle = B, T, vocab_size, shuffle
         self.tokens_per_sample = num_processes * B * T   # one step of all processes together
         self.local_offset = process_rank * B * T         # where this process's part of a sample starts
-        self.num_tokens = 0
+        self.num_tokens = self.num_batches = 0  # in all the shards
         for path in self.files:
             n = read_shard_header(path)
             if n < self.tokens_per_sample + 1:
                 raise GPT2Error(f"{path}: {n} tokens, fewer than B*T+1 = {self.tokens_per_sample + 1}")
             self.num_tokens += n
+            self.num_batches += (n - 1) // self.tokens_per_sample
         if shuffle:
             self.rng = MersenneTwister(42 + process_rank)
             self.shard_order = np.arange(len(self.files))
@@ -1079,7 +1116,6 @@ def generate(model, pieces, eot, rng, num_tokens):
 # file is written to a temporary name and renamed, so a run killed at any moment leaves only whole checkpoints,
 # and -y 1 resumes from the newest one and continues exactly as if it had never stopped.
 
-STATE_MAGIC = 20240527
 # What shapes a run's trajectory, kept in header slots llm.c leaves unused, so that resuming with other settings
 # is refused: (slot, flag, argument, type); floats are kept as their float32 bits, the schedule as its index.
 RUN_SETTINGS = [(40, "-b", "batch_size", int), (41, "-t", "seq_len", int), (42, "-d", "total_batch_size", int),
@@ -1098,19 +1134,22 @@ def encode_setting(value, kind):
 def decode_setting(stored, kind):
     if kind is float:
         return float(np.int32(stored).view(np.float32))
-    return SCHEDULES[stored] if kind is str else int(stored)
+    if kind is str:
+        return SCHEDULES[stored] if 0 <= stored < len(SCHEDULES) else f"schedule #{stored}"
+    return int(stored)
 
 
-def mersenne_twister_bytes(rng):
-    """llm.c's mt19937_state struct: u64 seed (unused), i32 left, u32 next, u32 state[624], u32 MATRIX_A[2]."""
+def mersenne_twister_words(rng):
+    """llm.c's mt19937_state struct as 630 u32 words: u64 seed, i32 left, u32 next, u32 state[624],
+    u32 MATRIX_A[2]. numpy keeps the index `pos` of the next draw where llm.c counts the `left` draws down."""
     state = rng.bit_generator.state["state"]
-    position = int(state["pos"])  # numpy's index of the next draw; llm.c counts down `left` draws instead
-    return np.concatenate([np.zeros(2, "<u4"), np.array([625 - position, position], "<u4"),
+    position = int(state["pos"])
+    return np.concatenate([np.array([rng.seed, 0, 625 - position, position % 624], "<u4"),
                            state["key"].astype("<u4"), np.array([0, 0x9908B0DF], "<u4")])
 
 
 def mersenne_twister_state(words):
-    """The inverse of mersenne_twister_bytes, as numpy's MT19937 state, from the struct's 630 u32 words."""
+    """The inverse of mersenne_twister_words, as numpy's MT19937 state."""
     return {"bit_generator": "MT19937", "state": {"key": words[4:628].astype(np.uint32), "pos": 625 - int(words[2])}}
 
 
@@ -1118,7 +1157,8 @@ def save_state(path, step, model, loader, sample_rng, args):
     header = new_header(STATE_MAGIC, 1, 1, 0, 0, int(loader.shuffle))  # 1 process, rank 0, no master weights
     header[10] = step
     wide = header.view("<u8")  # 64-bit fields: wide[k] covers slots 2k and 2k+1
-    wide[10] = wide[11] = sample_rng.state  # [20] RNG state, [22] at the last update: fp32 AdamW draws none
+    # [20] and [22] hold llm.c's RNG for stochastic rounding, which float32 training does not use: left 0
+    wide[12] = sample_rng.state  # [24], a slot llm.c leaves unused: our sampling RNG
     wide[15], wide[16] = loader.shard_index, loader.sample_index  # [30] shard, [32] next sample in it
     for slot, _, name, kind in RUN_SETTINGS:
         header[slot] = encode_setting(getattr(args, name), kind)
@@ -1126,16 +1166,23 @@ def save_state(path, step, model, loader, sample_rng, args):
     if loader.shuffle:
         chunks += [np.array([len(loader.files)], "<u8"), loader.shard_order.astype("<i4"),
                    np.array([loader.shard_num_samples], "<u8"), loader.sample_order.astype("<i4"),
-                   mersenne_twister_bytes(loader.rng)]
+                   mersenne_twister_words(loader.rng)]
     write_atomically(path, chunks)
 
 
 def load_state(path, model, loader, sample_rng, args):
     """Restores AdamW's moments, the data loader and the sampling RNG; returns the step to continue from."""
     header = read_header(path, STATE_MAGIC, (1,))
-    differences = [f"{flag} {decode_setting(header[slot], kind)} there, {getattr(args, name)} now"
-                   for slot, flag, name, kind in RUN_SETTINGS
-                   if header[slot] != encode_setting(getattr(args, name), kind)]
+    if tuple(header[2:5]) != (1, 0, 0):
+        raise GPT2Error(f"{path}: written by process {header[3]} of {header[2]}"
+                        f"{' with master weights' if header[4] else ''}; this trainer runs one process in float32")
+    if not any(header[slot] for slot, *_ in RUN_SETTINGS):  # llm.c writes none of them
+        print(f"{path}: no run settings in it (written by llm.c?), so they cannot be compared with this run's")
+        differences = []
+    else:
+        differences = [f"{flag} {decode_setting(header[slot], kind)} there, {getattr(args, name)} now"
+                       for slot, flag, name, kind in RUN_SETTINGS
+                       if header[slot] != encode_setting(getattr(args, name), kind)]
     if header[5] != int(loader.shuffle):
         on_off = {0: "off", 1: "on"}
         differences.append(f"data shuffling {on_off[int(header[5])]} there, {on_off[int(loader.shuffle)]} now")
@@ -1155,6 +1202,8 @@ def load_state(path, model, loader, sample_rng, args):
     model.v_memory[:] = take(model.num_parameters, "<f4")
     wide = header.view("<u8")
     shard_index, sample_index = int(wide[15]), int(wide[16])
+    if shard_index >= len(loader.files):
+        raise GPT2Error(f"{path}: at shard {shard_index}, but -i matches {len(loader.files)} shard(s)")
     if loader.shuffle:
         num_shards = int(take(1, "<u8")[0])
         if num_shards != len(loader.files):
@@ -1162,6 +1211,9 @@ def load_state(path, model, loader, sample_rng, args):
         shard_order = take(num_shards, "<i4").astype(np.int64)
         num_samples = int(take(1, "<u8")[0])
         sample_order = take(num_samples, "<i4").astype(np.int64)
+        for name, order in (("shard", shard_order), ("batch", sample_order)):
+            if not np.array_equal(np.sort(order), np.arange(order.size)):
+                raise GPT2Error(f"{path}: the saved {name} order is not a permutation")
         loader.resume(shard_index, sample_index, shard_order, sample_order, mersenne_twister_state(take(630, "<u4")))
         if loader.shard_num_samples != num_samples:
             raise GPT2Error(f"{path}: written for a shard of {num_samples} batches, but it now has "
@@ -1170,7 +1222,7 @@ def load_state(path, model, loader, sample_rng, args):
         loader.resume(shard_index, sample_index)
     if offset != data.size:
         raise GPT2Error(f"{path}: too long: {data.size} bytes, expected {offset}")
-    sample_rng.state = int(wide[10])
+    sample_rng.state = int(wide[12])
     return int(header[10])
 
 
@@ -1192,7 +1244,7 @@ def latest_checkpoint(out_dir):
     return max(steps) if steps else None
 
 
-def log(out_dir, line, mode="a"):
+def append_log(out_dir, line, mode="a"):
     """llm.c's main.log: `s:STEP trl:LOSS lr:LR norm:NORM` for training, `s:STEP tel:LOSS` for validation."""
     if out_dir:
         with open(os.path.join(out_dir, "main.log"), mode) as f:
@@ -1206,9 +1258,11 @@ def trim_log(out_dir, step):
         return
     with open(path) as f:
         lines = f.readlines()
-    kept = [line for line in lines if int(line.split()[0][2:]) < step or
-            (int(line.split()[0][2:]) == step and " tel:" in line)]  # step's validation came before its checkpoint
-    log(out_dir, "".join(kept), mode="w")
+    def logged_before(line):  # the validation of `step` itself came before its checkpoint
+        at = line.split()[0][2:] if line.startswith("s:") else ""
+        return at.isdigit() and (int(at) < step or (int(at) == step and " tel:" in line))
+
+    append_log(out_dir, "".join(line for line in lines if logged_before(line)), mode="w")
 
 
 def format_duration(seconds):
@@ -1224,8 +1278,15 @@ DEFAULT_VAL = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_val.bin")
 TOKENIZER_FILE = "gpt2_tokenizer.bin"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        """A bad flag: one line, and exit status 2, as for any usage error."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
+        prog="train_gpt2.py",
         description="Train GPT-2 on the CPU. The flags are llm.c's (train_gpt2.cu); the defaults are its CPU demo "
                     "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -1244,7 +1305,7 @@ def parse_args(argv=None):
     add("-d", "--total-batch-size", type=int, default=None,
         help="tokens per optimizer step, reached by accumulating gradients over micro-batches of B*T (default B*T)")
     add("-x", "--max-steps", type=int, default=None,
-        help="optimizer steps (default 40, or one epoch of the training shards when -d is given)")
+        help="optimizer steps (default 40; with -d, one epoch of the training shards)")
     add("-l", "--learning-rate", type=float, default=1e-4, help="peak AdamW learning rate")
     add("-k", "--schedule", default="cosine", choices=SCHEDULES, help="learning rate schedule")
     add("-u", "--warmup", type=int, default=0, help="learning rate warmup steps")
@@ -1257,13 +1318,17 @@ def parse_args(argv=None):
     add("-a", "--overfit", type=int, default=0, choices=(0, 1),
         help="1: train on the first batch of the validation data over and over, a check that the model learns")
     add("-v", "--val-every", type=int, default=10, help="validation loss every this many steps (0: never)")
-    add("-m", "--val-max-steps", type=int, default=5, help="batches per validation loss")
+    add("-m", "--val-max-steps", type=int, default=5, help="at most this many batches per validation loss")
     add("-s", "--sample-every", type=int, default=20, help="sample text every this many steps (0: never)")
     add("-g", "--gen-tokens", type=int, default=64, help="tokens per sample, the first being EOT")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "seq_len", "gen_tokens"):
+    for name in ("batch_size", "seq_len", "gen_tokens", "val_max_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name, low, high in (("learning_rate", 0, math.inf), ("beta1", 0, 1), ("beta2", 0, 1), ("final_frac", 0, 1)):
+        value = getattr(args, name)
+        if not (low <= value < high or (name == "final_frac" and value == 1)):
+            parser.error(f"--{name.replace('_', '-')} {value} is outside [{low}, {high})")
     for name in ("max_steps", "val_every", "val_max_steps", "sample_every", "checkpoint_every", "checkpoints_keep",
                  "warmup", "weight_decay", "grad_clip"):
         if (getattr(args, name) or 0) < 0:
@@ -1279,22 +1344,23 @@ def parse_args(argv=None):
     return args
 
 
+def model_source(name):
+    """What -e names: the default checkpoint gpt2_124M.bin if it is there, else its shape from scratch."""
+    return "d12" if name == DEFAULT_MODEL and not os.path.exists(name) else name
+
+
 def config_of(name):
     """The model shape that -e names, without building the model."""
-    if not name.endswith(".bin"):
-        return config_from_descriptor(name)
-    if name == DEFAULT_MODEL and not os.path.exists(name):
-        return config_from_descriptor("d12")
-    return config_from_header(read_header(name, MODEL_MAGIC, (3, 5)))
+    name = model_source(name)
+    return config_from_header(read_header(name, MODEL_MAGIC, (3, 5))) if name.endswith(".bin") else \
+        config_from_descriptor(name)
 
 
 def load_or_build_model(name):
-    if not name.endswith(".bin"):
-        return build_from_descriptor(name)
-    if name == DEFAULT_MODEL and not os.path.exists(name):
+    if model_source(name) != name:
         print(f"{name} not found: training the GPT-2 124M shape (d12) from scratch")
-        return build_from_descriptor("d12")
-    return load_model(name)
+    name = model_source(name)
+    return load_model(name) if name.endswith(".bin") else build_from_descriptor(name)
 
 
 def load_or_write_tokenizer(path=TOKENIZER_FILE):
@@ -1306,7 +1372,7 @@ def load_or_write_tokenizer(path=TOKENIZER_FILE):
 
 def validation_loss(model, loader, max_batches):
     loader.reset()
-    num_batches = min(max_batches, loader.num_tokens // (loader.B * loader.T))
+    num_batches = min(max_batches, loader.num_batches)
     return sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
 
 
@@ -1334,8 +1400,7 @@ def train(args):
     print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
           f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
           f"{cfg.channels}, num_parameters {model.num_parameters:,}")
-    if T > cfg.max_seq_len:
-        raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {cfg.max_seq_len}")
+    model.allocate(B, T)  # refuses a T longer than the model's maximum
 
     # the data; as llm.c, overfitting (-a 1) trains on the first batches of the validation set, unshuffled
     if (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
@@ -1345,10 +1410,10 @@ def train(args):
     train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, cfg.vocab_size,
                               shuffle=not args.overfit)
     val_loader = DataLoader(args.val_data, B, T, cfg.vocab_size) if args.val_data else None
+    if args.max_steps is None:  # llm.c's CPU demo does 40 steps; its full trainer, with -d, one epoch
+        args.max_steps = 40 if args.total_batch_size is None else train_loader.num_tokens // args.total_batch_size
     args.total_batch_size = args.total_batch_size or B * T
     grad_accum_steps = args.total_batch_size // (B * T)
-    if args.max_steps is None:
-        args.max_steps = train_loader.num_tokens // args.total_batch_size if args.total_batch_size > B * T else 40
     print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s)"
           + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else "")
           + f"; {args.max_steps} steps of {args.total_batch_size} tokens = {grad_accum_steps} micro-batch(es) "
@@ -1360,7 +1425,6 @@ def train(args):
             print(f"sampling off: the model's vocabulary ({cfg.vocab_size} tokens) is not the tokenizer's "
                   f"({len(pieces)}, {TOKENIZER_FILE})")
             args.sample_every = 0
-    model.allocate(B, T)
     sample_rng = XorShift(1337)
     start_step = 0
     if resume_step is not None:
@@ -1369,7 +1433,7 @@ def train(args):
         trim_log(args.output_dir, start_step)
         print(f"resumed from the checkpoint of step {start_step} in {args.output_dir}")
     else:
-        log(args.output_dir, "", mode="w")  # a fresh run starts a fresh log
+        append_log(args.output_dir, "", mode="w")  # a fresh run starts a fresh log
     print(f"activations {model.acts_memory.nbytes / 2**20:.0f} MiB; parameters, gradients and AdamW state "
           f"{4 * model.params_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
 
@@ -1380,8 +1444,10 @@ def train(args):
         if not (resume_step is not None and step == start_step):
             if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
                 val_loss = validation_loss(model, val_loader, args.val_max_steps)
+                if not math.isfinite(val_loss):
+                    raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged")
                 print(f"val loss {val_loss:f}")
-                log(args.output_dir, f"s:{step} tel:{val_loss:.4f}\n")
+                append_log(args.output_dir, f"s:{step} tel:{val_loss:.4f}\n")
             if args.sample_every and ((step > 0 and step % args.sample_every == 0) or last_step):
                 print("generating:\n---")
                 generate(model, pieces, eot, sample_rng, args.gen_tokens)
@@ -1409,6 +1475,8 @@ def train(args):
             loss += micro_loss / grad_accum_steps
             model.backward(loss_scale=1.0 / grad_accum_steps)
         norm = gradient_norm(model)
+        if not math.isfinite(norm):
+            raise GPT2Error(f"the gradient norm is {norm} at step {step}: the run diverged (lower -l?)")
         grad_scale = args.grad_clip / norm if 0 < args.grad_clip < norm else 1.0
         lr = learning_rate(args.schedule, step, args.learning_rate, args.warmup, args.final_frac, args.max_steps)
         adamw_update(model, lr, args.beta1, args.beta2, 1e-8, args.weight_decay, step + 1, grad_scale)
@@ -1417,7 +1485,7 @@ def train(args):
         eta = training_time / (step + 1 - start_step) * (args.max_steps - step - 1)
         print(f"step {step}: train loss {loss:f} (took {took * 1000:f} ms) | norm {norm:.4f} | lr {lr:.2e} | "
               f"{args.total_batch_size / took:.0f} tok/s | ETA {format_duration(eta)}", flush=True)
-        log(args.output_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
+        append_log(args.output_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
     print(f"total time {time.perf_counter() - started:.1f} s")
 
 
@@ -1425,8 +1493,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
-    except GPT2Error as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (GPT2Error, OSError, MemoryError, ImportError) as e:  # bad input, a full disk, too big a model, ...
+        print(f"error: {e or type(e).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
