@@ -801,7 +801,8 @@ DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # the matrices; 
 
 def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
     """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for clipping).
-    The arithmetic is in the parameters' dtype: float32, as llm.c's, down to the bias corrections."""
+    The arithmetic is in the parameters' dtype, float32 as in llm.c; the bias corrections 1 - beta**t are
+    computed in double first, as PyTorch does, and then rounded."""
     f = model.dtype.type
     offset = 0
     for name, shape in model.shapes.items():
@@ -809,8 +810,8 @@ def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
         region = slice(offset, offset + size)
         adamw_kernel(model.params_memory[region], model.grads_memory[region], model.m_memory[region],
                      model.v_memory[region], f(lr), f(beta1), f(beta2), f(eps),
-                     f(weight_decay if name in DECAYED else 0.0), f(grad_scale), f(1) - f(beta1) ** f(t),
-                     f(1) - f(beta2) ** f(t))
+                     f(weight_decay if name in DECAYED else 0.0), f(grad_scale), f(1.0 - beta1 ** t),
+                     f(1.0 - beta2 ** t))
         offset += size
 
 
