@@ -1312,7 +1312,8 @@ def parse_args(argv=None):
     add("-u", "--warmup", type=int, default=0, help="learning rate warmup steps")
     add("-q", "--final-frac", type=float, default=1.0,
         help="final learning rate as a fraction of -l (1.0: no decay, so cosine is constant)")
-    add("-c", "--weight-decay", type=float, default=0.0, help="AdamW weight decay, on the embeddings and weight matrices only")
+    add("-c", "--weight-decay", type=float, default=0.0,
+        help="AdamW weight decay, on the embeddings and weight matrices only")
     add("--beta1", type=float, default=0.9, help="AdamW beta1")
     add("--beta2", type=float, default=0.999, help="AdamW beta2")
     add("--grad-clip", type=float, default=0.0, help="clip the global gradient norm to this (0: no clipping)")
