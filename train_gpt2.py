@@ -346,25 +346,26 @@ def gelu_forward(out, inp):
     # out, inp (N,4C): GELU with the tanh approximation, as GPT-2 uses. The constants take the input's dtype,
     # so that float32 is computed in float32
     N, K = inp.shape
-    half, scale, cube = inp.dtype.type(0.5), inp.dtype.type(GELU_SCALE), inp.dtype.type(0.044715)
+    one, half = inp.dtype.type(1), inp.dtype.type(0.5)
+    scale, cube = inp.dtype.type(GELU_SCALE), inp.dtype.type(0.044715)
     for n in prange(N):
         for k in range(K):
             x = inp[n, k]
-            out[n, k] = half * x * (half + half + tanh(scale * (x + cube * x * x * x)))
+            out[n, k] = half * x * (one + tanh(scale * (x + cube * x * x * x)))
 
 
 @kernel
 def gelu_backward(dinp, inp, dout):
     # writes dinp (N,4C) = dout * gelu'(inp); dinp may be dout itself
     N, K = inp.shape
-    half, scale, cube = inp.dtype.type(0.5), inp.dtype.type(GELU_SCALE), inp.dtype.type(0.044715)
+    one, half, three = inp.dtype.type(1), inp.dtype.type(0.5), inp.dtype.type(3)
+    scale, cube = inp.dtype.type(GELU_SCALE), inp.dtype.type(0.044715)
     for n in prange(N):
         for k in range(K):
             x = inp[n, k]
             tanh_out = tanh(scale * (x + cube * x * x * x))
-            one = half + half
             sech2 = one - tanh_out * tanh_out
-            local_grad = half * (one + tanh_out) + half * x * sech2 * scale * (one + (one + one + one) * cube * x * x)
+            local_grad = half * (one + tanh_out) + half * x * sech2 * scale * (one + three * cube * x * x)
             dinp[n, k] = dout[n, k] * local_grad
 
 
@@ -845,16 +846,14 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 def learning_rate(schedule, step, lr, warmup, final_frac, num_steps):
     if schedule == "constant":
         return lr
+    if step < warmup:
+        return lr * (step + 1) / warmup
     min_lr = lr * final_frac
     if schedule == "wsd":
         decay_start = int(0.8 * num_steps)
-        if step < warmup:
-            return lr * (step + 1) / warmup
         if step < decay_start:
             return lr
         return min_lr + (1.0 - math.sqrt((step - decay_start) / (num_steps - decay_start))) * (lr - min_lr)
-    if step < warmup:
-        return lr * (step + 1) / warmup
     decay = (step - warmup) / max(num_steps - warmup, 1)
     if schedule == "cosine":
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * decay)) * (lr - min_lr)
@@ -1259,6 +1258,7 @@ def trim_log(out_dir, step):
         return
     with open(path) as f:
         lines = f.readlines()
+
     def logged_before(line):  # the validation of `step` itself came before its checkpoint
         at = line.split()[0][2:] if line.startswith("s:") else ""
         return at.isdigit() and (int(at) < step or (int(at) == step and " tel:" in line))
@@ -1359,10 +1359,10 @@ def config_of(name):
 
 
 def load_or_build_model(name):
-    if model_source(name) != name:
+    source = model_source(name)
+    if source != name:
         print(f"{name} not found: training the GPT-2 124M shape (d12) from scratch")
-    name = model_source(name)
-    return load_model(name) if name.endswith(".bin") else build_from_descriptor(name)
+    return load_model(source) if source.endswith(".bin") else build_from_descriptor(source)
 
 
 def load_or_write_tokenizer(path=TOKENIZER_FILE):
