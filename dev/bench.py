@@ -1,23 +1,24 @@
-#!/usr/bin/env python
 """
 Benchmark train_gpt2.py's training step, alone or against the PyTorch reference model of dev/make_reference.py.
 
-A step is what llm.c's train_gpt2.c times: forward, zero_grad, backward and an AdamW update (lr 1e-4, betas
-0.9/0.999, eps 1e-8, no weight decay), on one fixed random batch (seeded), after untimed warm-up steps. For each
-trainer: the median and range of ms/step; tokens/s; GFLOP/s by llm.c's formula (6*N + 6*L*C*T) * B*T, N counting
-the padded vocabulary (192.1 GFLOP for d12, B=4, T=64); that as a fraction of numpy's sgemm GFLOP/s, measured in
-the same run on the forward pass's matmul shapes, FLOP-weighted; the peak RSS; and the time from spawning the
-trainer's process to its first finished step (interpreter, imports, model build, numba cache load or compile).
+A step is what the trainer's loop runs, train_gpt2.train_step: zero_grad, forward, backward, the gradient norm
+(which the trainer prints and clips by; llm.c's train_gpt2.cu computes it too) and an AdamW update (lr 1e-4, betas
+0.9/0.999, eps 1e-8, no weight decay), on one fixed random batch (seeded), after untimed warm-up steps; PyTorch's
+step does the same work (its norm by clip_grad_norm_ with no limit). For each trainer: the median and range of
+ms/step; tokens/s; GFLOP/s by llm.c's formula (6*N + 6*L*C*T) * B*T, N counting the padded vocabulary (192.1 GFLOP
+for d12, B=4, T=64); that as a fraction of numpy's sgemm GFLOP/s, measured in the same run on the forward pass's
+matmul shapes, FLOP-weighted; the peak RSS; and the time from spawning the trainer's process to its first finished
+step (interpreter, imports, model build, numba cache load or compile).
 
-Each trainer runs in a worker process of its own (this script, --worker), so RSS and start-up are its own; the
+Each trainer runs in a worker process of its own (this module, --worker), so RSS and start-up are its own; the
 driver asks for one step at a time over stdin and reads one JSON line back. With --vs torch the timed steps
 alternate between the two workers, so that the drift of a shared machine hits both alike. The torch worker
 imports torch first and never train_gpt2 (which sets OpenMP's wait policy at import); ours the other way round.
 
 The README's tables:
-    python dev/bench.py --vs torch      # d12, B=4, T=64: ours and PyTorch, speed-up and RSS ratio
-    python dev/bench.py --sweep         # ms/step, per-token cost and RSS over B*T (256..4096) and depth (d6..d24)
-    python dev/bench.py --profile       # each kernel's share of our step
+    python -m dev.bench --vs torch      # d12, B=4, T=64: ours and PyTorch, speed-up and RSS ratio
+    python -m dev.bench --sweep         # ms/step, per-token cost and RSS over B*T (256..4096) and depth (d6..d24)
+    python -m dev.bench --profile       # each kernel's share of our step
 """
 
 import argparse
@@ -34,8 +35,7 @@ import time
 from importlib import metadata
 from types import SimpleNamespace
 
-DEV_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(DEV_DIR)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.0
 THREAD_VARS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 ALL_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -89,27 +89,24 @@ def install_profiler(tg, model):
 
 
 def ours_worker(args):
-    sys.path.insert(0, REPO_ROOT)
     import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
     import numba
     import numpy as np
     kernels = [f for f in vars(tg).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]
     try:
-        model = tg.load_model(args.model) if args.model.endswith(".bin") else tg.build_from_descriptor(args.model)
-        model.allocate(args.batch_size, args.seq_len)
+        model = tg.load_gpt2(args.model)
+        model.allocate(args.batch_size, args.seq_len, training=True)
     except tg.GPT2Error as e:
         raise BenchError(str(e)) from None
     x, y = random_batch(np, args.seed, model.config.vocab_size, args.batch_size, args.seq_len, np.int32)
     profile = install_profiler(tg, model) if args.profile else {}
-    t = 0
+    optimizer = tg.AdamW(model, BETA1, BETA2, EPS, WEIGHT_DECAY)
+    steps_done = 0
 
     def step():
-        nonlocal t
-        t += 1
-        loss = model.forward(x, y)
-        model.zero_grad()
-        model.backward()
-        tg.adamw_update(model, LR, BETA1, BETA2, EPS, WEIGHT_DECAY, t)
+        nonlocal steps_done
+        loss, _ = tg.train_step(model, optimizer, lambda: (x, y), 1, LR, steps_done)
+        steps_done += 1
         return loss
 
     def info():
@@ -129,7 +126,7 @@ def ours_worker(args):
 def torch_worker(args):
     import torch  # first, and train_gpt2 never: torch's OpenMP threads keep their default wait policy
     import numpy as np
-    from make_reference import GPT, GPTConfig, read_checkpoint
+    from dev.make_reference import GPT, GPTConfig, read_checkpoint
     torch.set_num_threads(args.threads)
     config = GPTConfig(**json.loads(args.config))
     model = GPT(config)  # V unpadded, as llm.c's train_gpt2.py
@@ -150,6 +147,7 @@ def torch_worker(args):
         _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # the norm only, as ours computes
         optimizer.step()
         return loss.item()
 
@@ -201,13 +199,15 @@ def serve(args):
 class Worker:
     def __init__(self, kind, args, model, B, T, config=None):
         self.kind, self.times, self.losses, self.final = kind, [], [], None
-        argv = [sys.executable, os.path.abspath(__file__), "--worker", kind, "-e", model, "-b", str(B), "-t", str(T),
+        argv = [sys.executable, "-m", "dev.bench", "--worker", kind, "-e", model, "-b", str(B), "-t", str(T),
                 "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup)]
         argv += (["--profile"] if args.profile and kind == "ours" else []) + (["--config", config] if config else [])
+        # this repository's dev.bench and train_gpt2, whatever the current directory (where -e's path is)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
         self.spawned = time.perf_counter()
         # a session of its own: Ctrl-C reaches the driver only, which then kills the workers
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
 
     def start(self):
         """Waits for the first step, which stops the start-up clock, and for the end of the warm-up."""
@@ -403,7 +403,8 @@ def sweep(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m dev.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("-e", "--model", default="d12", metavar="MODEL",
         help="descriptor (d6, d12, gpt3:c768...) or llm.c checkpoint .bin (default %(default)s)")

@@ -1,5 +1,9 @@
-#!/usr/bin/env python
 """Write an llm.c-compatible reference model checkpoint and debug state with PyTorch.
+
+This is the oracle test_gpt2.py checks the trainer against, and it is independent of the trainer on purpose: it
+never imports train_gpt2, and re-implements llm.c's file formats and GPT-2 itself with PyTorch, so that a bug
+in the trainer (a kernel, the parameter layout, a file reader or writer) cannot hide in the reference as well.
+Keep it so: the duplication with train_gpt2.py is the point.
 
 This is a development tool, in the spirit of karpathy/llm.c's train_gpt2.py: it
 builds a plain PyTorch GPT-2, runs ONE forward+backward pass on a fixed batch and
@@ -14,14 +18,14 @@ writes the two binary files that llm.c's test_gpt2.c compares against:
 Run with no arguments it (re)creates the small committed test fixture
 data/fixtures/ref_model.bin and data/fixtures/ref_debug_state.bin.
 
-Examples:
-  python dev/make_reference.py                       # the committed fixture
-  python dev/make_reference.py -e d12 -b 4 -t 64 \\
+Examples, from the repository's root:
+  python -m dev.make_reference                       # the committed fixture
+  python -m dev.make_reference -e d12 -b 4 -t 64 \\
       --model-out /tmp/d12_model.bin --state-out /tmp/d12_state.bin
-  python dev/make_reference.py --init-from gpt2_124M.bin -b 4 -t 64 \\
+  python -m dev.make_reference --init-from gpt2_124M.bin -b 4 -t 64 \\
       --model-out /tmp/m.bin --state-out /tmp/s.bin
 
-Requires torch (see dev/requirements-dev.txt); the trainer itself does not.
+Requires torch (see dev/requirements-dev.txt); the trainer itself does not, and --help works without it.
 """
 
 import argparse
@@ -33,9 +37,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
 # File format constants (see llm.c; every header is 256 little-endian int32)
@@ -80,6 +81,84 @@ class GPTConfig:
         C, L = self.channels, self.num_layers
         return (self.padded_vocab_size * C + self.max_seq_len * C
                 + L * (12 * C * C + 13 * C) + 2 * C)
+
+
+# ---------------------------------------------------------------------------
+# Command line: parsed before PyTorch is imported, so that --help and a bad
+# flag need no PyTorch
+# ---------------------------------------------------------------------------
+def parse_args():
+    p = argparse.ArgumentParser(
+        prog="python -m dev.make_reference",
+        description=__doc__.split("\n\n")[0],
+        epilog="With no arguments, rewrites the committed fixture in data/fixtures/\n"
+               "(V=500 Vp=512 L=2 NH=4 C=64 maxT=32, B=4 T=16). Any other recipe must\n"
+               "name --model-out and --state-out, so the fixture is never overwritten\n"
+               "by accident.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("model config (default: the fixture config)")
+    src.add_argument("-e", dest="descriptor", metavar="dN",
+                     help="llm.c GPT-2 descriptor (d6, d12, d24, ...): its layers, channels and "
+                          "heads, maxT=1024, V=50257, Vp=50304")
+    src.add_argument("--init-from", metavar="PATH",
+                     help="start from this llm.c checkpoint (fp32 v3 or bf16 v5); "
+                          "sets config and weights")
+    src.add_argument("--vocab-size", type=int, metavar="V")
+    src.add_argument("--padded-vocab-size", type=int, metavar="Vp",
+                     help="default with --vocab-size: V rounded up to a multiple of 128")
+    src.add_argument("--layers", type=int, metavar="L")
+    src.add_argument("--heads", type=int, metavar="NH")
+    src.add_argument("--channels", type=int, metavar="C")
+    src.add_argument("--max-seq-len", type=int, metavar="maxT")
+    src.add_argument("--seed", type=int, default=42,
+                     help="torch seed of the random GPT-2 init (default 42)")
+    run = p.add_argument_group("batch and optimizer")
+    run.add_argument("-b", dest="B", type=int, default=FIXTURE_B, help="batch size B (default 4)")
+    run.add_argument("-t", dest="T", type=int, default=FIXTURE_T, help="sequence length T <= maxT (default 16)")
+    run.add_argument("--batch-seed", type=int, default=1337,
+                     help="numpy seed of the random token batch (default 1337)")
+    run.add_argument("--steps", type=int, default=10,
+                     help="AdamW steps whose losses are appended to the state (default 10)")
+    run.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    out = p.add_argument_group("output")
+    out.add_argument("--model-out", metavar="PATH", help=f"default {os.path.relpath(FIXTURE_MODEL, REPO_ROOT)}")
+    out.add_argument("--state-out", metavar="PATH", help=f"default {os.path.relpath(FIXTURE_STATE, REPO_ROOT)}")
+    args = p.parse_args()
+
+    # Writing to the committed fixture is only allowed with the fixture recipe.
+    recipe = {k: v for k, v in vars(args).items() if k not in ("model_out", "state_out")}
+    is_fixture_recipe = all(v == p.get_default(k) for k, v in recipe.items())
+    if (args.model_out is None or args.state_out is None) and not is_fixture_recipe:
+        p.error("a non-default recipe needs both --model-out and --state-out")
+    args.model_out = args.model_out or FIXTURE_MODEL
+    args.state_out = args.state_out or FIXTURE_STATE
+    args.is_fixture = is_fixture_recipe
+    if args.descriptor and args.init_from:
+        p.error("-e and --init-from are exclusive")
+    explicit = dict(vocab_size=args.vocab_size, padded_vocab_size=args.padded_vocab_size,
+                    num_layers=args.layers, num_heads=args.heads, channels=args.channels,
+                    max_seq_len=args.max_seq_len)
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    if args.init_from and explicit:
+        p.error("config flags cannot be combined with --init-from (the checkpoint sets them)")
+    if args.steps < 0 or args.B < 1 or args.T < 1:
+        p.error("need B >= 1, T >= 1, steps >= 0")
+    args.explicit = explicit
+    return args
+
+
+if __name__ == "__main__":  # run as a script: the flags first, then PyTorch
+    ARGS = parse_args()
+
+try:
+    import torch  # noqa: E402
+    import torch.nn as nn  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
+except ModuleNotFoundError as e:
+    if __name__ != "__main__" or e.name != "torch":
+        raise  # imported, by dev/bench.py's torch worker: it checked that PyTorch is there
+    sys.exit("error: dev/make_reference.py needs PyTorch: "
+             "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
 
 
 # ---------------------------------------------------------------------------
@@ -345,67 +424,8 @@ def check_files(model_path, state_path, cfg, B, T, steps, x, loss, losses):
 
 
 # ---------------------------------------------------------------------------
-# Command line
+# Running it
 # ---------------------------------------------------------------------------
-def parse_args():
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="With no arguments, rewrites the committed fixture in data/fixtures/\n"
-               "(V=500 Vp=512 L=2 NH=4 C=64 maxT=32, B=4 T=16). Any other recipe must\n"
-               "name --model-out and --state-out, so the fixture is never overwritten\n"
-               "by accident.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_argument_group("model config (default: the fixture config)")
-    src.add_argument("-e", dest="descriptor", metavar="dN",
-                     help="llm.c GPT-2 descriptor (d6, d12, d24, ...): its layers, channels and "
-                          "heads, maxT=1024, V=50257, Vp=50304")
-    src.add_argument("--init-from", metavar="PATH",
-                     help="start from this llm.c checkpoint (fp32 v3 or bf16 v5); "
-                          "sets config and weights")
-    src.add_argument("--vocab-size", type=int, metavar="V")
-    src.add_argument("--padded-vocab-size", type=int, metavar="Vp",
-                     help="default with --vocab-size: V rounded up to a multiple of 128")
-    src.add_argument("--layers", type=int, metavar="L")
-    src.add_argument("--heads", type=int, metavar="NH")
-    src.add_argument("--channels", type=int, metavar="C")
-    src.add_argument("--max-seq-len", type=int, metavar="maxT")
-    src.add_argument("--seed", type=int, default=42,
-                     help="torch seed of the random GPT-2 init (default 42)")
-    run = p.add_argument_group("batch and optimizer")
-    run.add_argument("-b", dest="B", type=int, default=FIXTURE_B, help="batch size B (default 4)")
-    run.add_argument("-t", dest="T", type=int, default=FIXTURE_T, help="sequence length T <= maxT (default 16)")
-    run.add_argument("--batch-seed", type=int, default=1337,
-                     help="numpy seed of the random token batch (default 1337)")
-    run.add_argument("--steps", type=int, default=10,
-                     help="AdamW steps whose losses are appended to the state (default 10)")
-    run.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    out = p.add_argument_group("output")
-    out.add_argument("--model-out", metavar="PATH", help=f"default {os.path.relpath(FIXTURE_MODEL, REPO_ROOT)}")
-    out.add_argument("--state-out", metavar="PATH", help=f"default {os.path.relpath(FIXTURE_STATE, REPO_ROOT)}")
-    args = p.parse_args()
-
-    # Writing to the committed fixture is only allowed with the fixture recipe.
-    recipe = {k: v for k, v in vars(args).items() if k not in ("model_out", "state_out")}
-    is_fixture_recipe = all(v == p.get_default(k) for k, v in recipe.items())
-    if (args.model_out is None or args.state_out is None) and not is_fixture_recipe:
-        p.error("a non-default recipe needs both --model-out and --state-out")
-    args.model_out = args.model_out or FIXTURE_MODEL
-    args.state_out = args.state_out or FIXTURE_STATE
-    args.is_fixture = is_fixture_recipe
-    if args.descriptor and args.init_from:
-        p.error("-e and --init-from are exclusive")
-    explicit = dict(vocab_size=args.vocab_size, padded_vocab_size=args.padded_vocab_size,
-                    num_layers=args.layers, num_heads=args.heads, channels=args.channels,
-                    max_seq_len=args.max_seq_len)
-    explicit = {k: v for k, v in explicit.items() if v is not None}
-    if args.init_from and explicit:
-        p.error("config flags cannot be combined with --init-from (the checkpoint sets them)")
-    if args.steps < 0 or args.B < 1 or args.T < 1:
-        p.error("need B >= 1, T >= 1, steps >= 0")
-    args.explicit = explicit
-    return args
-
-
 def resolve_config(args):
     """Config and optional initial weights: checkpoint > descriptor/fixture + flags."""
     if args.init_from:
@@ -422,8 +442,7 @@ def resolve_config(args):
     return cfg, None
 
 
-def main():
-    args = parse_args()
+def main(args):
     t0 = time.time()
     torch.set_default_dtype(torch.float32)
     torch.use_deterministic_algorithms(True)  # harmless on CPU; no fused kernels
@@ -496,4 +515,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

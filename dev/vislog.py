@@ -2,7 +2,7 @@
 Plot the training and validation loss of one or more runs from their main.log files (llm.c's log format, which
 train_gpt2.py writes with -o DIR), as llm.c's dev/vislog.ipynb does, into a PNG.
 
-    python dev/vislog.py out/main.log [other/main.log ...] -o loss.png
+    python -m dev.vislog out/main.log [other/main.log ...] -o loss.png
 
 Needs matplotlib: pip install ".[plot]".
 """
@@ -52,7 +52,8 @@ def plot(logs, out_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Plot train/val loss from llm.c-format main.log files.")
+    parser = argparse.ArgumentParser(prog="python -m dev.vislog",
+                                     description="Plot train/val loss from llm.c-format main.log files.")
     parser.add_argument("logs", nargs="+", help="main.log files")
     parser.add_argument("-o", "--output", default="loss.png", help="PNG to write")
     args = parser.parse_args(argv)

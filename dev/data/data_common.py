@@ -37,12 +37,7 @@ from collections import deque
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from train_gpt2 import (EOT_TOKEN, GPT2Error, gpt2_encoding, read_shard_header,  # noqa: E402
-                        write_atomically, write_shard)
+from train_gpt2 import EOT_TOKEN, GPT2Error, gpt2_encoding, read_shard_header, write_atomically, write_shard
 
 MAX_SHARD_TOKENS = 2 ** 31 - 1  # a shard's header counts its tokens in an int32
 BATCH_CHARS = 1 << 20           # text sent to a worker at a time...

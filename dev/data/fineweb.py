@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """FineWeb (HuggingFaceFW/fineweb, the 10B-token sample "sample-10BT" by default) as llm.c token shards, prepared
 as llm.c's dev/data/fineweb.py does: every document becomes [EOT] + encode_ordinary(text), and the token stream
 is cut into shards of --shard-size tokens (100M by default), a document running over into the next shard. The
@@ -10,8 +9,8 @@ sample is ~28 GB of parquet files), or from local files given with --input: parq
 (such as the hub's sample/10BT/*.parquet) or JSON-lines files of objects with a "text" field, or directories of
 them, read in sorted order. A rerun resumes an interrupted run (see data_common.py).
 
-  python dev/data/fineweb.py                                    # downloads, writes data/fineweb10B/
-  python dev/data/fineweb.py --input sample/10BT/ -s 10000000   # local parquet files, 10M-token shards
+  python -m dev.data.fineweb                                    # downloads, writes data/fineweb10B/
+  python -m dev.data.fineweb --input sample/10BT/ -s 10000000   # local parquet files, 10M-token shards
   python train_gpt2.py -e d12 -i 'data/fineweb10B/fineweb_train_*' -j 'data/fineweb10B/fineweb_val_*'
 """
 
@@ -19,9 +18,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import data_common  # noqa: E402
-from data_common import GPT2Error  # noqa: E402
+from dev.data import data_common
+from dev.data.data_common import GPT2Error
 
 # (type, version) -> the local directory, as llm.c names it, and the hub's name of the sample
 SAMPLES = {("classic", "10B"): ("fineweb10B", "sample-10BT"), ("classic", "100B"): ("fineweb100B", "sample-100BT"),
@@ -71,7 +69,7 @@ def prepare(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dev.data.fineweb", description=__doc__.split("\n\n")[0])
     parser.add_argument("-t", "--type", choices=["classic", "edu"], default="classic",
                         help="FineWeb, or FineWeb-Edu (default: %(default)s)")
     parser.add_argument("-v", "--version", choices=["10B", "100B"], default="10B",

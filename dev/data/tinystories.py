@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """TinyStories (roneneldan/TinyStories on the Hugging Face hub) as llm.c token shards, prepared as llm.c's
 dev/data/tinystories.py does: the archive TinyStories_all_data.tar.gz holds data00.json .. data49.json, each a
 JSON list of objects whose "story" is a document. data00.json is the validation split, the other files the
@@ -12,8 +11,8 @@ writes them. With a smaller --shard-size a split larger than that is cut into Ti
 TinyStories_val_000001.bin, ..., TinyStories_train_000000.bin, ..., so that the patterns 'TinyStories_val*'
 and 'TinyStories_train*' find a split either way. A rerun resumes an interrupted run (see data_common.py).
 
-  python dev/data/tinystories.py                                   # downloads ~1.5 GB into data/tinystories
-  python dev/data/tinystories.py --input TinyStories_all_data/     # or local data*.json files, or the .tar.gz
+  python -m dev.data.tinystories                                   # downloads ~1.5 GB into data/tinystories
+  python -m dev.data.tinystories --input TinyStories_all_data/     # or local data*.json files, or the .tar.gz
   python train_gpt2.py -e d6 -i 'data/tinystories/TinyStories_train*' -j 'data/tinystories/TinyStories_val*'
 """
 
@@ -24,9 +23,8 @@ import shutil
 import sys
 import tarfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import data_common  # noqa: E402
-from data_common import GPT2Error  # noqa: E402
+from dev.data import data_common
+from dev.data.data_common import GPT2Error
 
 URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories_all_data.tar.gz"
 ARCHIVE = "TinyStories_all_data.tar.gz"
@@ -103,7 +101,7 @@ def prepare(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dev.data.tinystories", description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", "--input", nargs="+", metavar="PATH",
                         help="local data*.json files, directories of them, or TinyStories_all_data.tar.gz "
                              "(default: download the archive into --out-dir)")

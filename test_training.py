@@ -1,0 +1,177 @@
+"""
+The training loop: a run end to end, schedules, gradient accumulation, logs, sampling, checkpoints, pruning and
+resume (bit-identical after a kill), and the settings a resume refuses.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import train_gpt2 as g
+from conftest import FIXTURE_MODEL, HERE, assert_refused, read_log, run_main, trainer_args
+
+
+def test_generate_prints_decoded_tokens(capsysbinary):
+    model = g.load_model(FIXTURE_MODEL)
+    model.allocate(1, 8)  # to generate, not to train: no gradients
+    pieces = [bytes([97 + i % 26]) for i in range(model.config.vocab_size)]
+    tokens = g.generate(model, pieces, 0, g.XorShift(1337), 8)
+    again = g.generate(model, pieces, 0, g.XorShift(1337), 8)
+    assert tokens[0] == 0 and tokens.tolist() == again.tolist()
+    printed = capsysbinary.readouterr().out
+    assert printed == 2 * b"".join(pieces[t] for t in tokens[1:])
+
+
+def test_training_run(shards, capsys):
+    code, out, err = run_main(shards + ["-b", "2", "-t", "8", "-x", "4", "-v", "2", "-s", "4", "-g", "5"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert sum(line.startswith("val loss ") for line in lines) == 3  # steps 0, 2 and the last, 4
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split(":")[0] for line in steps] == ["step 0", "step 1", "step 2", "step 3"]
+    assert "(took " in steps[0] and " tok/s | ETA " in steps[0]
+    assert "generating:" in out
+    losses = [float(line.split("train loss ")[1].split()[0]) for line in steps]
+    assert losses[-1] < losses[0]  # learning rate 1e-4 on random tokens still moves the loss down
+
+
+def test_learning_rate_schedules():
+    lr, warmup, frac, steps = 1e-3, 10, 0.1, 100
+    schedule = {name: [g.learning_rate(name, s, lr, warmup, frac, steps) for s in range(steps + 1)]
+                for name in g.SCHEDULES}
+    for name in ("cosine", "linear", "wsd"):
+        np.testing.assert_allclose(schedule[name][:warmup], lr * np.arange(1, warmup + 1) / warmup)
+    assert schedule["constant"] == [lr] * (steps + 1)
+    decay = (np.arange(warmup, steps + 1) - warmup) / (steps - warmup)
+    np.testing.assert_allclose(schedule["cosine"][warmup:],
+                               lr * frac + 0.5 * (1 + np.cos(np.pi * decay)) * lr * (1 - frac))
+    np.testing.assert_allclose(schedule["linear"][warmup:], lr - decay * lr * (1 - frac))
+    np.testing.assert_allclose(schedule["wsd"][warmup:80], lr)  # stable until 80% of the steps
+    wsd_decay = (np.arange(80, steps + 1) - 80) / 20
+    np.testing.assert_allclose(schedule["wsd"][80:], lr * frac + (1 - np.sqrt(wsd_decay)) * lr * (1 - frac))
+    assert schedule["cosine"][-1] == pytest.approx(lr * frac)
+    # llm.c's CPU demo: cosine with no warmup and final fraction 1 is constant
+    assert {g.learning_rate("cosine", s, lr, 0, 1.0, steps) for s in range(steps)} == {lr}
+
+
+def test_log_lines_parse(run_dir, capsys):
+    assert g.main(trainer_args(run_dir, run_dir / "out", "-x", "12")) == 0
+    lines = read_log(run_dir / "out").splitlines()
+    train = [line for line in lines if " trl:" in line]
+    val = [line for line in lines if " tel:" in line]
+    assert len(train) == 12 and [line.split()[0] for line in val] == ["s:0", "s:5", "s:10", "s:12"]
+    for line in train:
+        step, loss, lr, norm = line.split()
+        assert step.startswith("s:") and loss.startswith("trl:") and lr.startswith("lr:") and norm.startswith("norm:")
+        float(loss[4:]), float(lr[3:]), float(norm[5:])
+    from dev import vislog
+    train_losses, val_losses = vislog.parse_log(str(run_dir / "out" / "main.log"))
+    assert sorted(train_losses) == list(range(12)) and sorted(val_losses) == [0, 5, 10, 12]
+    pytest.importorskip("matplotlib")
+    assert vislog.main([str(run_dir / "out" / "main.log"), "-o", str(run_dir / "loss.png")]) == 0
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def complete_checkpoints(out):
+    return sorted(int(name[5:]) for name in os.listdir(out) if name.startswith("DONE_"))
+
+
+def test_resume_after_a_kill_is_bit_identical(run_dir):
+    """A straight run, and the same run killed (SIGKILL) mid-way and resumed: the same losses and logs. The kill
+    lands wherever it lands (the run may even have finished): the test asserts only what holds everywhere."""
+    script = os.path.join(HERE, "train_gpt2.py")
+    args = trainer_args(run_dir, run_dir / "killed", "-x", "60", "-n", "5", "-nk", "3")
+    # one step first, so that every kernel is compiled and cached before the runs that are compared
+    subprocess.run([sys.executable, script] + trainer_args(run_dir, run_dir / "warm", "-x", "1"), cwd=run_dir,
+                   capture_output=True, timeout=600, check=True)
+    process = subprocess.Popen([sys.executable, script] + args, stdout=subprocess.DEVNULL, cwd=run_dir)
+    done = run_dir / "killed" / "DONE_00000020"
+    while not done.exists() and process.poll() is None:
+        time.sleep(0.002)
+    process.kill()
+    assert process.wait() in (0, -signal.SIGKILL)
+    latest = g.latest_checkpoint(str(run_dir / "killed"))
+    assert latest >= 20
+    # a kill between a checkpoint's DONE_ file and the retiring of the oldest leaves one more than -nk 3
+    assert len(complete_checkpoints(run_dir / "killed")) <= 4
+    resumed = subprocess.run([sys.executable, script] + args + ["-y", "1"], cwd=run_dir, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from the checkpoint of step {latest}" in resumed.stdout
+    assert complete_checkpoints(run_dir / "killed") == [50, 55, 60]
+    straight = subprocess.run([sys.executable, script] + trainer_args(run_dir, run_dir / "straight", "-x", "60"),
+                              cwd=run_dir, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+
+    def losses(stdout):
+        return [line.split(" (took")[0] for line in stdout.splitlines() if line.startswith("step ")]
+
+    assert losses(resumed.stdout) == losses(straight.stdout)[latest:]
+    assert read_log(run_dir / "killed") == read_log(run_dir / "straight")
+
+
+@pytest.mark.parametrize("killed_at", [5, 10, 15, 20])
+def test_a_kill_right_after_a_checkpoint_is_pruned_on_resume(run_dir, capsys, monkeypatch, killed_at):
+    # the kill is made to land exactly between a checkpoint's DONE_ file and the pruning that follows it
+    out = run_dir / "out"
+    args = trainer_args(run_dir, out, "-x", "20", "-n", "5", "-nk", "2", "-v", "0")
+    prune = g.prune_checkpoints
+
+    def killed_before_pruning(out_dir, keep):
+        if g.latest_checkpoint(out_dir) == killed_at:
+            raise KeyboardInterrupt
+        prune(out_dir, keep)
+
+    monkeypatch.setattr(g, "prune_checkpoints", killed_before_pruning)
+    assert run_main(args, capsys)[0] == 130
+    assert complete_checkpoints(out) == list(range(5, killed_at + 1, 5))[-3:]
+    (out / "model_00000001.bin").write_bytes(b"a model whose checkpoint a kill left incomplete")
+    monkeypatch.setattr(g, "prune_checkpoints", prune)
+    code, stdout, err = run_main(args + ["-y", "1"], capsys)
+    assert code == 0, err
+    assert f"resumed from the checkpoint of step {killed_at}" in stdout
+    assert complete_checkpoints(out) == [15, 20]
+    assert sorted(os.listdir(out)) == ["DONE_00000015", "DONE_00000020", "main.log", "model_00000015.bin",
+                                       "model_00000020.bin", "state_00000015.bin", "state_00000020.bin"]
+
+
+def test_resume_refuses_what_does_not_fit(run_dir, capsys):
+    out = run_dir / "out"
+    assert g.main(trainer_args(run_dir, out, "-x", "6", "-n", "3")) == 0
+    capsys.readouterr()
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1", "-b", "4", "-l", "3e-4"), capsys,
+                   "state_00000006.bin: cannot resume with other settings", "-b 2 there, 4 now",
+                   "-l 9.999999747378752e-05 there, 0.0003 now")
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1")[2:] + ["-e", "d6"], capsys,
+                   "model_00000006.bin: cannot resume with another model", "num_layers 2 there, 6 from -e d6")
+    state = out / "state_00000006.bin"
+    state.write_bytes(state.read_bytes()[:-100])
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006.bin",
+                   "truncated")
+    (out / "DONE_00000006").unlink()  # an incomplete checkpoint is never resumed: the one before it is
+    code, out_text, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
+    assert code == 0 and "resumed from the checkpoint of step 3" in out_text
+
+
+def test_overfit_a_single_batch(run_dir, capsys):
+    code, out, err = run_main(trainer_args(run_dir, run_dir / "out", "-x", "30", "-a", "1", "-l", "1e-3", "-u", "0",
+                                           "-q", "1.0", "-c", "0"), capsys)
+    assert code == 0, err
+    losses = [float(line.split("train loss ")[1].split()[0]) for line in out.splitlines() if line.startswith("step ")]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_total_batch_size_and_default_steps(run_dir, capsys):
+    with pytest.raises(SystemExit):
+        g.parse_args(["-b", "2", "-t", "8", "-d", "40", "-s", "0"])  # not a multiple of B*T = 16
+    assert "must be a positive multiple of B*T = 16" in capsys.readouterr().err
+    code, out, err = run_main(trainer_args(run_dir, run_dir / "out")[:-4] + ["-s", "0", "-v", "0"], capsys)
+    assert code == 0, err
+    # no -x with -d 32: one epoch, 1311 training tokens // 32 = 40 steps of 2 micro-batches
+    assert "40 steps of 32 tokens = 2 micro-batch(es)" in out
+    assert sum(line.startswith("step ") for line in out.splitlines()) == 40
