@@ -175,11 +175,14 @@ def test_tinyshakespeare_writes_shards_and_tokenizer(tmp_path, monkeypatch, enc)
     assert (contents(out), (tmp_path / "gpt2_tokenizer.bin").read_bytes()) == before
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "invalid UTF-8"])
+@pytest.mark.parametrize("case", ["missing", "empty", "invalid UTF-8", "FIFO"])
 def test_tinyshakespeare_bad_input(tmp_path, case):
     content, fragment = {"missing": (None, "cannot open"), "empty": (b"\n \n", "no text"),
-                         "invalid UTF-8": (b"To be \xff or not", "not UTF-8")}[case]
+                         "invalid UTF-8": (b"To be \xff or not", "not UTF-8"),
+                         "FIFO": (None, "not a regular file")}[case]
     path = tmp_path / "input.txt"
+    if case == "FIFO":  # reading it would wait forever for a writer
+        os.mkfifo(path)
     if content is not None:
         path.write_bytes(content)
     result = run_script("tinyshakespeare", "--input", path, "--out-dir", tmp_path / "out", cwd=tmp_path)
@@ -393,14 +396,17 @@ def test_fineweb_single_shard_warns_of_no_training_split(tmp_path, enc, capsys):
     assert "no training split" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "invalid UTF-8", "malformed JSON"])
+@pytest.mark.parametrize("case", ["missing", "empty", "invalid UTF-8", "malformed JSON", "FIFO"])
 def test_fineweb_bad_input(tmp_path, case):
     content, fragments = {
         "missing": (None, ("docs.jsonl", "no such file")),
         "empty": (b"", ("fineweb: no usable documents",)),
         "invalid UTF-8": (b'{"text": "\xff\xfe"}\n', ("no usable documents: 1 document not valid UTF-8",)),
         "malformed JSON": (b'{"text": "a"}\n{"text": \n', ("docs.jsonl: line 2 is not valid JSON",)),
+        "FIFO": (None, ("docs.jsonl: not a regular file",)),
     }[case]
+    if case == "FIFO":
+        os.mkfifo(tmp_path / "docs.jsonl")
     if content is not None:
         (tmp_path / "docs.jsonl").write_bytes(content)
     result = run_script("fineweb", "--input", tmp_path / "docs.jsonl", "--out-dir", tmp_path / "out",

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import train_gpt2 as g
-from conftest import FIXTURE_DEBUG_STATE, FIXTURE_MODEL, HERE, assert_refused, bad_copy, read_debug_state, write_tokens
+from conftest import (FIXTURE_DEBUG_STATE, FIXTURE_MODEL, HERE, assert_refused, bad_copy, read_debug_state, run_main,
+                      write_tokens)
 
 
 def test_offline_encoding_is_gpt2(encoding):
@@ -115,7 +116,9 @@ def test_refuses_bad_tokenizer_and_debug_state(tmp_path, encoding):
 
 def test_bad_flags_exit_with_one_line(capsys):
     for argv in (["-b", "0"], ["-t", "-1"], ["-x", "-2"], ["-g", "65"], ["--no-such-flag"], ["-l", "-1"],
-                 ["--beta1", "1.5"], ["-q", "2"], ["-m", "0"], ["-k", "steep"], ["-n", "5"], ["-b", "3", "-d", "100"]):
+                 ["--beta1", "1.5"], ["-q", "2"], ["-m", "0"], ["-k", "steep"], ["-n", "5"], ["-b", "3", "-d", "100"],
+                 ["-c", "nan"], ["-l", "inf"], ["--grad-clip", "nan"], ["-q", "nan"], ["--beta2", "nan"],
+                 ["-l", "1e39"], ["-c", "-inf"]):
         with pytest.raises(SystemExit) as exit_info:
             g.parse_args(argv)
         assert exit_info.value.code == 2
@@ -128,3 +131,65 @@ def test_error_is_one_line_without_traceback(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr == "error: missing.bin: cannot open: No such file or directory\n"
+
+
+def test_descriptors_with_other_digits_are_refused(shards, capsys):
+    for descriptor in ("d\u0661\u0662", "d\u00b2", "gpt3:c\uff17\uff16\uff18"):  # Arabic-Indic, superscript, fullwidth
+        assert_refused(shards[2:] + ["-e", descriptor, "-s", "0"], capsys, "unknown model descriptor")
+
+
+def test_a_fifo_or_a_directory_where_a_file_is_expected(shards, tmp_path, capsys):
+    # opening a FIFO to read would wait forever for a writer
+    fifo = str(tmp_path / "model.fifo")
+    os.mkfifo(fifo)
+    args = ["-i", str(tmp_path / "train.bin"), "-j", str(tmp_path / "val.bin"), "-s", "0", "-b", "2", "-t", "8"]
+    assert_refused(["-e", fifo] + args, capsys, f"{fifo}: not a regular file")
+    assert_refused(["-e", str(tmp_path)] + args, capsys, f"{tmp_path}: not a regular file")
+    (tmp_path / "shard_dir.bin").mkdir()
+    assert_refused(["-e", FIXTURE_MODEL, "-i", str(tmp_path / "shard_dir.bin")] + args[2:], capsys,
+                   "shard_dir.bin: not a regular file")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "main.log")
+    assert_refused(shards + ["-s", "0", "-b", "2", "-t", "8", "-o", str(out)], capsys, "main.log: not a regular file")
+    os.remove(g.TOKENIZER_FILE)
+    os.mkfifo(g.TOKENIZER_FILE)
+    assert_refused(shards + ["-b", "2", "-t", "8", "-g", "4"], capsys, "gpt2_tokenizer.bin: not a regular file")
+
+
+def test_a_tokenizer_whose_eot_is_out_of_range_is_refused_before_training(shards, capsys):
+    pieces = [bytes([97 + i % 26]) for i in range(500)]
+    body = np.frombuffer(b"".join(bytes([len(p)]) + p for p in pieces), dtype=np.uint8)
+    g.write_atomically(g.TOKENIZER_FILE, [g.new_header(g.TOKENIZER_MAGIC, 2, 500, 600), body])
+    code, out, err = run_main(shards + ["-b", "2", "-t", "8", "-g", "4"], capsys)
+    assert code == 1 and "step 0" not in out
+    assert err == "error: gpt2_tokenizer.bin: EOT token id 600 is out of range for its 500 tokens\n"
+
+
+def test_a_diverging_run_prints_one_line(shards, capsys):
+    code, out, err = run_main(shards + ["-b", "2", "-t", "8", "-s", "0", "-l", "1e30", "-x", "5"], capsys)
+    assert code == 1
+    assert err == "error: the training loss is nan at step 1: the run diverged (lower -l?)\n"  # no RuntimeWarning
+
+
+def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(tmp_path):
+    # the interrupt is made to land while numba is imported, before any of the trainer's own code runs
+    code = ("import runpy, sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'numba':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            f"sys.argv = ['train_gpt2.py']\n"
+            f"runpy.run_path({os.path.join(HERE, 'train_gpt2.py')!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (130, "interrupted\n")
+
+
+def test_ctrl_c_while_the_run_starts_exits_130(shards, capsys, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(g, "load_kernels", interrupted)
+    code, out, err = run_main(shards + ["-b", "2", "-t", "8", "-s", "0"], capsys)
+    assert (code, err) == (130, "interrupted\n")

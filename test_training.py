@@ -3,6 +3,7 @@ The training loop: a run end to end, schedules, gradient accumulation, logs, sam
 resume (bit-identical after a kill), and the settings a resume refuses.
 """
 
+import itertools
 import os
 import signal
 import subprocess
@@ -16,15 +17,26 @@ import train_gpt2 as g
 from conftest import FIXTURE_MODEL, HERE, assert_refused, read_log, run_main, trainer_args
 
 
-def test_generate_prints_decoded_tokens(capsysbinary):
+def test_generate_prints_decoded_tokens(capsys):
     model = g.load_model(FIXTURE_MODEL)
     model.allocate(1, 8)  # to generate, not to train: no gradients
     pieces = [bytes([97 + i % 26]) for i in range(model.config.vocab_size)]
     tokens = g.generate(model, pieces, 0, g.XorShift(1337), 8)
     again = g.generate(model, pieces, 0, g.XorShift(1337), 8)
     assert tokens[0] == 0 and tokens.tolist() == again.tolist()
-    printed = capsysbinary.readouterr().out
-    assert printed == 2 * b"".join(pieces[t] for t in tokens[1:])
+    printed = capsys.readouterr().out
+    assert printed == 2 * b"".join(pieces[t] for t in tokens[1:]).decode()
+
+
+def test_generate_decodes_characters_split_over_tokens(capsys, monkeypatch):
+    # tokens 1, 2, 3 are the three bytes of "\u2713" (e2 9c 93), token 4 a control byte, drawn in that order
+    model = g.load_model(FIXTURE_MODEL)
+    model.allocate(1, 32)
+    pieces = [b"?", b"\xe2", b"\x9c", b"\x93", b"\x07"] + [b"?"] * (model.config.vocab_size - 5)
+    draws = itertools.cycle([1, 2, 3, 4])
+    monkeypatch.setattr(g, "sample_token", lambda logits, V, coin: next(draws))
+    g.generate(model, pieces, 0, g.XorShift(1337), 29)
+    assert capsys.readouterr().out == "\u2713" * 7
 
 
 def test_training_run(shards, capsys):
@@ -35,6 +47,9 @@ def test_training_run(shards, capsys):
     steps = [line for line in lines if line.startswith("step ")]
     assert [line.split(":")[0] for line in steps] == ["step 0", "step 1", "step 2", "step 3"]
     assert "(took " in steps[0] and " tok/s | ETA " in steps[0]
+    took = steps[0].split("(took ")[1].split(" ms)")[0]
+    assert took.isdigit()  # whole milliseconds
+    assert out.index("loading the numba kernels") < out.index("kernels ready in") < out.index("step 0")
     assert "generating:" in out
     losses = [float(line.split("train loss ")[1].split()[0]) for line in steps]
     assert losses[-1] < losses[0]  # learning rate 1e-4 on random tokens still moves the loss down
@@ -136,7 +151,7 @@ def test_a_kill_right_after_a_checkpoint_is_pruned_on_resume(run_dir, capsys, mo
     assert code == 0, err
     assert f"resumed from the checkpoint of step {killed_at}" in stdout
     assert complete_checkpoints(out) == [15, 20]
-    assert sorted(os.listdir(out)) == ["DONE_00000015", "DONE_00000020", "main.log", "model_00000015.bin",
+    assert sorted(os.listdir(out)) == [".lock", "DONE_00000015", "DONE_00000020", "main.log", "model_00000015.bin",
                                        "model_00000020.bin", "state_00000015.bin", "state_00000020.bin"]
 
 
@@ -175,3 +190,47 @@ def test_total_batch_size_and_default_steps(run_dir, capsys):
     # no -x with -d 32: one epoch, 1311 training tokens // 32 = 40 steps of 2 micro-batches
     assert "40 steps of 32 tokens = 2 micro-batch(es)" in out
     assert sum(line.startswith("step ") for line in out.splitlines()) == 40
+
+
+def test_with_an_output_directory_the_last_step_is_always_saved(run_dir, capsys):
+    out = run_dir / "out"
+    code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "4"), capsys)  # no -n
+    assert code == 0, err
+    assert complete_checkpoints(out) == [4]
+    assert g.load_model(str(out / "model_00000004.bin")).num_parameters > 0
+
+
+def test_a_run_extends_where_the_learning_rate_does_not_depend_on_its_length(run_dir, capsys):
+    constant = ["-k", "constant", "-u", "0"]
+    short, straight = run_dir / "short", run_dir / "straight"
+    assert run_main(trainer_args(run_dir, short, "-x", "4", "-n", "2", *constant), capsys)[0] == 0
+    code, extended, err = run_main(trainer_args(run_dir, short, "-x", "8", "-n", "2", "-y", "1", *constant), capsys)
+    assert code == 0, err
+    assert "-x 4 there, 8 now: the learning rate does not depend on -x, so the run goes on to step 8" in extended
+    code, whole, err = run_main(trainer_args(run_dir, straight, "-x", "8", "-n", "2", *constant), capsys)
+    assert code == 0, err
+
+    def losses(stdout):
+        return [line.split(" (took")[0] for line in stdout.splitlines() if line.startswith("step ")]
+
+    assert losses(extended) == losses(whole)[4:]
+    # the same log, but for the validation the first run did at its last step
+    assert read_log(short).replace("s:4 tel:6.2321\n", "") == read_log(straight)
+    # a cosine decay over -x steps would change the learning rate of the steps already taken
+    assert_refused(trainer_args(run_dir, short, "-x", "12", "-n", "2", "-y", "1"), capsys,
+                   "-x 8 there, 12 now (the cosine schedule decays over the -x steps; only a run whose learning rate "
+                   "does not depend on -x, with -k constant or -q 1.0, can be extended)", "-k constant there, cosine now")
+
+
+def test_odd_names_and_bytes_in_the_output_directory(run_dir, capsys):
+    out = run_dir / "out"
+    assert run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3"), capsys)[0] == 0
+    for name in ("DONE_0000000\u00b2", "DONE_\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668", "DONE_abc",
+                 "model_99999999.bin.bak", "DONE_000000090"):
+        (out / name).write_bytes(b"")
+    (out / "DONE_00000009").mkdir()  # a directory is no checkpoint
+    with open(out / "main.log", "ab") as log:
+        log.write(b"a line that is not UTF-8: \xff\xfe\n")
+    code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
+    assert code == 0, err
+    assert "resumed from the checkpoint of step 6" in stdout

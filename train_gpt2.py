@@ -24,12 +24,15 @@ Run `python train_gpt2.py --help` for the flags; they are named as in llm.c's tr
 """
 
 import argparse
+import codecs
 import dataclasses
+import fcntl
 import functools
 import glob
 import hashlib
 import math
 import os
+import re
 import sys
 import time
 from types import SimpleNamespace
@@ -41,8 +44,12 @@ from types import SimpleNamespace
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # the minimum: 2**4 cycles
 
-import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+try:
+    import numpy as np
+    from numba import njit, prange
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. File headers and errors
@@ -62,8 +69,15 @@ class GPT2Error(Exception):
     """Bad input: main() prints the message as one line and exits with status 1."""
 
 
+def check_regular_file(path):
+    """Refuses a directory, a FIFO or a device where a file is expected (opening a FIFO would wait forever)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise GPT2Error(f"{path}: not a regular file")
+
+
 def read_header(path, magic, versions):
     """Reads and checks the 256-int header of an llm.c file; returns it as an int32 array."""
+    check_regular_file(path)
     try:
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
@@ -94,14 +108,40 @@ def new_header(magic, version, *fields):
 
 
 def write_atomically(path, chunks):
-    """Writes the arrays in `chunks` to `path` through a temporary file, so a kill never leaves half a file."""
+    """Writes the arrays in `chunks` (or bytes) to `path` through a temporary file, which reaches the disk (fsync)
+    before it is renamed, and the rename too: neither a kill nor a power cut leaves half a file under `path`."""
     directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.tmp{os.getpid()}")  # hidden, so that no shard pattern matches it
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(np.ascontiguousarray(chunk).tobytes())
-    os.replace(tmp, path)
+    tmp = os.path.join(directory, temporary_name(name))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(np.ascontiguousarray(chunk).data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        sync_directory(directory)
+    except OSError as e:  # a full disk, most likely: nothing is left behind, and the message names the file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise GPT2Error(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+def temporary_name(name):
+    return f".{name}.tmp{os.getpid()}"  # hidden, so that no shard pattern matches it
+
+
+def is_temporary_name(name):
+    return re.fullmatch(r"\..+\.tmp[0-9]+", name) is not None
+
+
+def sync_directory(directory):
+    """Makes a rename in `directory` reach the disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -779,10 +819,11 @@ GPT3_SHAPES = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048
 
 
 def config_from_descriptor(descriptor):
-    prefix, _, number = descriptor.rpartition("d" if not descriptor.startswith("gpt3:") else "c")
-    if not number.isdigit() or prefix not in ("", "gpt2:", "gpt3:"):
+    match = re.fullmatch(r"(gpt2:)?d([0-9]+)|gpt3:c([0-9]+)", descriptor)
+    if not match:
         raise GPT2Error(f"unknown model descriptor {descriptor!r}: expected a .bin file, dN, gpt2:dN or gpt3:cN")
-    if prefix == "gpt3:":
+    number = match[2] or match[3]
+    if match[3]:
         if int(number) not in GPT3_SHAPES:
             raise GPT2Error(f"unsupported GPT-3 channels {number}: one of {sorted(GPT3_SHAPES)}")
         channels = int(number)
@@ -817,9 +858,13 @@ def build_from_descriptor(descriptor):
 
 
 
+def is_model_file(source):
+    return source.endswith(".bin") or os.path.exists(source)
+
+
 def model_config(source):
     """The shape of the model -e names, without loading it."""
-    if source.endswith(".bin"):
+    if is_model_file(source):
         config = config_from_header(read_header(source, MODEL_MAGIC, (3, 5)))
         check_config(config, source)
         return config
@@ -829,7 +874,7 @@ def model_config(source):
 def load_gpt2(source):
     """The model -e names: an llm.c model file (.bin, its weights), or a shape (d12, gpt2:d12, gpt3:c768)
     initialised as llm.c does. Parameters only: allocate() adds what running it needs."""
-    return load_model(source) if source.endswith(".bin") else build_from_descriptor(source)
+    return load_model(source) if is_model_file(source) else build_from_descriptor(source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1067,6 +1112,8 @@ def read_tokenizer(path):
     header = read_header(path, TOKENIZER_MAGIC, (1, 2))
     num_tokens = int(header[2])
     eot = int(header[3]) if header[1] == 2 else EOT_TOKEN
+    if not 0 <= eot < num_tokens:
+        raise GPT2Error(f"{path}: EOT token id {eot} is out of range for its {num_tokens} tokens")
     with open(path, "rb") as f:
         data = f.read()[HEADER_BYTES:]
     pieces, offset = [], 0
@@ -1097,21 +1144,21 @@ def sample_token(logits, V, coin):
     return V - 1
 
 
-def printable(piece):
-    """llm.c's safe_printf: a single byte is printed only if it is printable ASCII or whitespace."""
-    if len(piece) == 1 and not (32 <= piece[0] < 127 or piece[0] in b" \t\n\v\f\r"):
-        return b""
-    return piece
+def printable(text):
+    """Drops control characters but whitespace, as llm.c's safe_printf drops the bytes that are not printable."""
+    return "".join(ch for ch in text if ch.isprintable() or ch in " \t\n\v\f\r")
 
 
 def generate(model, pieces, eot, rng, num_tokens):
-    """Samples num_tokens - 1 tokens after EOT, printing each as it comes; returns the token ids."""
+    """Samples num_tokens - 1 tokens after EOT and prints their text as it comes; returns the token ids. The bytes
+    of the tokens are decoded as one stream, since a character can be split over two tokens."""
     tokens = np.full((1, num_tokens), eot, dtype=np.int32)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for t in range(1, num_tokens):
         model.forward(tokens[:, :t])
         logits = model.activations(1, t).logits[0, t - 1]
         tokens[0, t] = sample_token(logits, model.config.vocab_size, rng.random_f32())
-        sys.stdout.buffer.write(printable(pieces[tokens[0, t]]))
+        sys.stdout.write(printable(decoder.decode(pieces[tokens[0, t]], final=t == num_tokens - 1)))
         sys.stdout.flush()
     return tokens[0]
 
@@ -1188,44 +1235,58 @@ def parse_args(argv=None):
     parser = ArgumentParser(
         prog="train_gpt2.py",
         description="Train GPT-2 on the CPU. The flags are llm.c's (train_gpt2.cu); the defaults are its CPU demo "
-                    "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.")
     add = parser.add_argument
-    add("-e", "--model",
+    add("-e", "--model", metavar="MODEL",
         help="llm.c model checkpoint (.bin) to start from, or a model shape to train from scratch: dN / gpt2:dN "
-             "(GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels); without the default checkpoint, "
-             "d12")
-    add("-i", "--train-data", help="glob pattern of training token shards")
-    add("-j", "--val-data", help="glob pattern of validation token shards ('' for none)")
-    add("-o", "--output-dir", help="directory for main.log and checkpoints")
-    add("-n", "--checkpoint-every", type=int, help="write a checkpoint every N steps (0: never)")
-    add("-nk", "--checkpoints-keep", type=int, help="keep only the last K checkpoints (0: all)")
-    add("-y", "--resume", type=int, choices=(0, 1), help="1: resume from the newest checkpoint in -o")
-    add("-b", "--batch-size", type=int, help="B: sequences per micro-batch")
-    add("-t", "--seq-len", type=int, help="T: tokens per sequence")
-    add("-d", "--total-batch-size", type=int,
-        help="tokens per optimizer step, reached by accumulating gradients over micro-batches of B*T (None: B*T)")
-    add("-x", "--max-steps", type=int, help="optimizer steps (None: 40, or with -d one epoch of the training shards)")
-    add("-l", "--learning-rate", type=float, help="peak AdamW learning rate")
-    add("-k", "--schedule", choices=SCHEDULES, help="learning rate schedule")
-    add("-u", "--warmup", type=int, help="learning rate warmup steps")
-    add("-q", "--final-frac", type=float,
-        help="final learning rate as a fraction of -l (1.0: no decay, so cosine is constant)")
-    add("-c", "--weight-decay", type=float, help="AdamW weight decay, on the embeddings and weight matrices only")
-    add("--beta1", type=float, help="AdamW beta1")
-    add("--beta2", type=float, help="AdamW beta2")
-    add("--grad-clip", type=float, help="clip the global gradient norm to this (0: no clipping)")
+             "(GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels) (default: %(default)s if it is "
+             "there, else d12)")
+    add("-i", "--train-data", metavar="PATTERN", help="glob pattern of training token shards (default: %(default)s)")
+    add("-j", "--val-data", metavar="PATTERN",
+        help="glob pattern of validation token shards, '' for none (default: %(default)s)")
+    add("-o", "--output-dir", metavar="DIR",
+        help="directory for main.log and checkpoints, which holds one run only (default: none)")
+    add("-n", "--checkpoint-every", type=int, metavar="N",
+        help="write a checkpoint every N steps, and with -o always at the end (default: 0, at the end only)")
+    add("-nk", "--checkpoints-keep", type=int, metavar="K", help="keep only the last K checkpoints (default: 0, all)")
+    add("-y", "--resume", type=int, choices=(0, 1), help="1: resume from the newest checkpoint in -o (default: 0)")
+    add("-b", "--batch-size", type=int, metavar="B", help="sequences per micro-batch (default: %(default)s)")
+    add("-t", "--seq-len", type=int, metavar="T", help="tokens per sequence (default: %(default)s)")
+    add("-d", "--total-batch-size", type=int, metavar="TOKENS",
+        help="tokens per optimizer step, reached by accumulating gradients over micro-batches of B*T "
+             "(default: B*T)")
+    add("-x", "--max-steps", type=int, metavar="STEPS",
+        help="optimizer steps (default: 40, or with -d one epoch of the training shards)")
+    add("-l", "--learning-rate", type=float, metavar="LR", help="peak AdamW learning rate (default: %(default)s)")
+    add("-k", "--schedule", choices=SCHEDULES, help="learning rate schedule (default: %(default)s)")
+    add("-u", "--warmup", type=int, metavar="STEPS", help="learning rate warmup steps (default: %(default)s)")
+    add("-q", "--final-frac", type=float, metavar="FRAC",
+        help="final learning rate as a fraction of -l (default: %(default)s, no decay: cosine is then constant)")
+    add("-c", "--weight-decay", type=float, metavar="WD",
+        help="AdamW weight decay, on the embeddings and weight matrices only (default: %(default)s)")
+    add("--beta1", type=float, help="AdamW beta1 (default: %(default)s)")
+    add("--beta2", type=float, help="AdamW beta2 (default: %(default)s)")
+    add("--grad-clip", type=float, metavar="NORM",
+        help="clip the global gradient norm to NORM (default: %(default)s, no clipping)")
     add("-a", "--overfit", type=int, choices=(0, 1),
-        help="1: train on the first batch of the validation data over and over, a check that the model learns")
-    add("-v", "--val-every", type=int, help="validation loss every this many steps (0: never)")
-    add("-m", "--val-max-steps", type=int, help="at most this many batches per validation loss")
-    add("-s", "--sample-every", type=int, help="sample text every this many steps (0: never)")
-    add("-g", "--gen-tokens", type=int, help="tokens per sample, the first being EOT")
+        help="1: train on the first batch of the validation data over and over, a check that the model learns "
+             "(default: %(default)s)")
+    add("-v", "--val-every", type=int, metavar="N",
+        help="validation loss every N steps, 0: never (default: %(default)s)")
+    add("-m", "--val-max-steps", type=int, metavar="N",
+        help="at most N batches per validation loss (default: %(default)s)")
+    add("-s", "--sample-every", type=int, metavar="N",
+        help="sample text every N steps, 0: never (default: %(default)s)")
+    add("-g", "--gen-tokens", type=int, metavar="N",
+        help="tokens per sample, the first being EOT (default: %(default)s)")
     parser.set_defaults(**dataclasses.asdict(TrainConfig()))
     args = TrainConfig(**vars(parser.parse_args(argv)))
     for name in ("batch_size", "seq_len", "gen_tokens", "val_max_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("learning_rate", "final_frac", "weight_decay", "beta1", "beta2", "grad_clip"):
+        if not abs(getattr(args, name)) <= float(np.finfo(np.float32).max):  # the optimizer computes in float32
+            parser.error(f"--{name.replace('_', '-')} must be a finite float32 number, not {getattr(args, name)}")
     for name, low, high in (("learning_rate", 0, math.inf), ("beta1", 0, 1), ("beta2", 0, 1), ("final_frac", 0, 1)):
         value = getattr(args, name)
         if not (low <= value < high or (name == "final_frac" and value == 1)):
@@ -1284,6 +1345,18 @@ def decode_setting(stored, kind):
     return int(stored)
 
 
+def setting_difference(flag, there, now, args):
+    """Why a resume with this setting changed is refused; None for -x where the learning rate does not depend on
+    it (a constant schedule, or no decay: -q 1.0), which lets a run go on for more steps, or end sooner."""
+    if flag == "-x" and (args.schedule == "constant" or args.final_frac == 1.0):
+        print(f"-x {there} there, {now} now: the learning rate does not depend on -x, so the run goes on to step {now}")
+        return None
+    if flag == "-x":
+        return (f"-x {there} there, {now} now (the {args.schedule} schedule decays over the -x steps; only a run "
+                "whose learning rate does not depend on -x, with -k constant or -q 1.0, can be extended)")
+    return f"{flag} {there} there, {now} now"
+
+
 def save_state(path, step, optimizer, loader, sample_rng, args):
     header = new_header(STATE_MAGIC, 1, 1, 0, 0, int(loader.shuffle))  # 1 process, rank 0, no master weights
     header[10] = step
@@ -1309,16 +1382,19 @@ def load_state(path, step, optimizer, loader, sample_rng, args):
     if tuple(header[2:5]) != (1, 0, 0):
         raise GPT2Error(f"{path}: written by process {header[3]} of {header[2]}"
                         f"{' with master weights' if header[4] else ''}; this trainer runs one process in float32")
+    if header[5] not in (0, 1):
+        raise GPT2Error(f"{path}: data shuffling flag {header[5]} is neither 0 nor 1")
     if not any(header[slot] for slot, *_ in RUN_SETTINGS):  # llm.c writes none of them
         print(f"{path}: no run settings in it (written by llm.c?), so they cannot be compared with this run's")
         differences = []
     else:
-        differences = [f"{flag} {decode_setting(header[slot], kind)} there, {getattr(args, name)} now"
+        differences = [setting_difference(flag, decode_setting(header[slot], kind), getattr(args, name), args)
                        for slot, flag, name, kind in RUN_SETTINGS
                        if header[slot] != encode_setting(getattr(args, name), kind)]
     if header[5] != int(loader.shuffle):
-        on_off = {0: "off", 1: "on"}
-        differences.append(f"data shuffling {on_off[int(header[5])]} there, {on_off[int(loader.shuffle)]} now")
+        on_off = ("off", "on")
+        differences.append(f"data shuffling {on_off[header[5]]} there, {on_off[int(loader.shuffle)]} now")
+    differences = [difference for difference in differences if difference]
     if differences:
         raise GPT2Error(f"{path}: cannot resume with other settings: " + "; ".join(differences))
     data, offset = np.memmap(path, dtype=np.uint8, mode="r"), HEADER_BYTES
@@ -1333,10 +1409,15 @@ def load_state(path, step, optimizer, loader, sample_rng, args):
 
     optimizer.m_memory[:] = take(optimizer.m_memory.size, "<f4")
     optimizer.v_memory[:] = take(optimizer.v_memory.size, "<f4")
+    if not (np.isfinite(optimizer.m_memory).all() and np.isfinite(optimizer.v_memory).all()
+            and (optimizer.v_memory >= 0).all()):
+        raise GPT2Error(f"{path}: AdamW's moments are not finite, or a second moment is negative")
     wide = header.view("<u8")
     shard_index, sample_index = int(wide[15]), int(wide[16])
     if shard_index >= len(loader.files):
         raise GPT2Error(f"{path}: at shard {shard_index}, but -i matches {len(loader.files)} shard(s)")
+    if wide[12] == 0:
+        raise GPT2Error(f"{path}: the sampling RNG's state is 0, which xorshift never leaves")
     if loader.shuffle:
         num_shards = int(take(1, "<u8")[0])
         if num_shards != len(loader.files):
@@ -1347,12 +1428,18 @@ def load_state(path, step, optimizer, loader, sample_rng, args):
         for name, order in (("shard", shard_order), ("batch", sample_order)):
             if not np.array_equal(np.sort(order), np.arange(order.size)):
                 raise GPT2Error(f"{path}: the saved {name} order is not a permutation")
-        loader.resume(shard_index, sample_index, shard_order, sample_order, mersenne_twister_state(take(630, "<u4")))
+        rng_words = take(630, "<u4")
+        if not 1 <= rng_words[2] <= 625:
+            raise GPT2Error(f"{path}: the data order's RNG has {rng_words[2]} draws left, not 1 to 625")
+        loader.resume(shard_index, sample_index, shard_order, sample_order, mersenne_twister_state(rng_words))
         if loader.shard_num_samples != num_samples:
             raise GPT2Error(f"{path}: written for a shard of {num_samples} batches, but it now has "
                             f"{loader.shard_num_samples}")
     else:
         loader.resume(shard_index, sample_index)
+    if sample_index > loader.shard_num_samples:
+        raise GPT2Error(f"{path}: at batch {sample_index} of shard {shard_index}, which has "
+                        f"{loader.shard_num_samples}")
     if offset != data.size:
         raise GPT2Error(f"{path}: too long: {data.size} bytes, expected {offset}")
     sample_rng.state = int(wide[12])
@@ -1364,21 +1451,27 @@ def checkpoint_files(out_dir, step):
 
 
 def write_checkpoint(out_dir, step, model, optimizer, loader, sample_rng, args):
+    """The model, the training state and last the DONE_ file, each on the disk before the next is written."""
     model_path, state_path, done_path = checkpoint_files(out_dir, step)
     save_model(model_path, model)
     save_state(state_path, step, optimizer, loader, sample_rng, args)
-    open(done_path, "w").close()
+    with open(os.path.join(out_dir, "main.log"), "ab") as log:  # the log up to this checkpoint, too
+        os.fsync(log.fileno())
+    write_atomically(done_path, [])
     print(f"wrote checkpoint {model_path}, {state_path}")
+
+
+CHECKPOINT_FILE = re.compile(r"(model|state)_([0-9]{8})\.bin|DONE_([0-9]{8})")
 
 
 def checkpoint_steps(out_dir):
     """The steps of every checkpoint file in out_dir, complete or not: {step: True if its DONE_ file exists}."""
     steps = {}
-    for name in os.listdir(out_dir):
-        kind, _, number = name.partition("_")
-        number = number.removesuffix(".bin") if kind in ("model", "state") else number
-        if kind in ("model", "state", "DONE") and len(number) == 8 and number.isdigit():
-            steps[int(number)] = steps.get(int(number), False) or kind == "DONE"
+    for entry in os.scandir(out_dir):
+        match = CHECKPOINT_FILE.fullmatch(entry.name)
+        if match and entry.is_file():
+            step = int(match[2] or match[3])
+            steps[step] = steps.get(step, False) or match[3] is not None
     return steps
 
 
@@ -1396,38 +1489,83 @@ def prune_checkpoints(out_dir, keep):
     for step in checkpoint_steps(out_dir):
         if step < complete[-keep]:
             for path in reversed(checkpoint_files(out_dir, step)):  # DONE_ first: never a DONE_ without its files
-                if os.path.exists(path):
+                if os.path.isfile(path):
                     os.remove(path)
+
+
+def open_run_directory(args):
+    """Takes -o for this run and returns (a lock held while the run lives, the step to resume from or None).
+
+    A run directory holds one run only. A fresh run (no -y 1) refuses a directory that holds another run's log or
+    checkpoints, so that a resume can never load the files of two runs; a second run writing into the directory
+    at the same time is refused too (the lock). Temporary files that killed writes left are removed."""
+    out_dir = args.output_dir
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, ".lock"), "a+")
+    except OSError as e:
+        raise GPT2Error(f"{out_dir}: cannot be the output directory: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise GPT2Error(f"{out_dir}: another run (process {lock.read().strip() or '?'}) is writing into it; "
+                        "wait for it to end, or give another -o") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    for name in os.listdir(out_dir):
+        if is_temporary_name(name):  # no other run writes here: a leftover of a killed one
+            os.remove(os.path.join(out_dir, name))
+    log_path = os.path.join(out_dir, "main.log")
+    check_regular_file(log_path)
+    if not args.resume:
+        previous = sorted(name for name in os.listdir(out_dir) if name == "main.log" or CHECKPOINT_FILE.fullmatch(name))
+        if previous:
+            raise GPT2Error(f"{out_dir}: holds another run ({', '.join(previous[:3])}"
+                            f"{', ...' if len(previous) > 3 else ''}): resume it with -y 1, or give a new or empty -o")
+        return lock, None
+    resume_step = latest_checkpoint(out_dir)
+    if resume_step is None:
+        print(f"no complete checkpoint in {out_dir}: starting from the beginning")
+    return lock, resume_step
 
 
 def resume_run(out_dir, step, optimizer, loader, sample_rng, args):
     """Continues from the complete checkpoint of `step` (its model is already loaded)."""
+    if step > args.max_steps:
+        raise GPT2Error(f"{out_dir}: its newest checkpoint is of step {step}, after -x {args.max_steps}")
     load_state(checkpoint_files(out_dir, step)[1], step, optimizer, loader, sample_rng, args)
     trim_log(out_dir, step)
     prune_checkpoints(out_dir, args.checkpoints_keep)
     print(f"resumed from the checkpoint of step {step} in {out_dir}")
 
 
-def append_log(out_dir, line, mode="a"):
+def append_log(out_dir, line):
     """llm.c's main.log: `s:STEP trl:LOSS lr:LR norm:NORM` for training, `s:STEP tel:LOSS` for validation."""
     if out_dir:
-        with open(os.path.join(out_dir, "main.log"), mode) as f:
-            f.write(line)
+        path = os.path.join(out_dir, "main.log")
+        try:
+            with open(path, "a") as f:
+                f.write(line)
+        except OSError as e:
+            raise GPT2Error(f"{path}: cannot write: {e.strerror}") from None
 
 
 def trim_log(out_dir, step):
-    """On resume, drops what the stopped run logged after its checkpoint of `step`, which is logged again."""
+    """On resume, drops what the stopped run logged after its checkpoint of `step`, which is logged again. The log
+    is rewritten as every file is, through a temporary file: a kill in the middle leaves the old one whole."""
     path = os.path.join(out_dir, "main.log")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        lines = f.readlines()
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
 
     def logged_before(line):  # the validation of `step` itself came before its checkpoint
-        at = line.split()[0][2:] if line.startswith("s:") else ""
-        return at.isdigit() and (int(at) < step or (int(at) == step and " tel:" in line))
+        match = re.match(rb"s:([0-9]+) ", line)
+        return match and (int(match[1]) < step or (int(match[1]) == step and b" tel:" in line))
 
-    append_log(out_dir, "".join(line for line in lines if logged_before(line)), mode="w")
+    write_atomically(path, [np.frombuffer(b"".join(filter(logged_before, lines)), dtype=np.uint8)])
 
 
 # Setting up a run: its model, its data, the tokenizer for its samples.
@@ -1500,14 +1638,25 @@ def format_duration(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def load_kernels():
+    """Runs every kernel of a training step once, on a tiny model: numba loads them from its cache, or compiles
+    them on the first run, here rather than inside the first timed step."""
+    print("loading the numba kernels (the first run compiles them, for some seconds; later runs load them from "
+          "the cache)", flush=True)
+    started = time.perf_counter()
+    config = GPT2Config(max_seq_len=4, vocab_size=8, padded_vocab_size=8, num_layers=1, num_heads=2, channels=16)
+    model = GPT2(config, np.full(num_parameters(config), 0.01, dtype=np.float32))
+    model.allocate(2, 4, training=True)
+    tokens = np.zeros((2, 4), dtype=np.int32)
+    train_step(model, AdamW(model), lambda: (tokens, tokens), 1, 0.0, 0)
+    sample_token(model.activations(2, 4).logits[0, 0], config.vocab_size, np.float32(0.5))
+    print(f"kernels ready in {time.perf_counter() - started:.1f} s")
+
+
 def train(args):
     started = time.perf_counter()
     B, T, out_dir = args.batch_size, args.seq_len, args.output_dir
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-    resume_step = latest_checkpoint(out_dir) if args.resume else None
-    if args.resume and resume_step is None:
-        print(f"no complete checkpoint in {out_dir}: starting from the beginning")
+    run_lock, resume_step = open_run_directory(args) if out_dir else (None, None)  # locked while run_lock lives
     model = load_run_model(args, resume_step)
     cfg = model.config
     print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
@@ -1526,11 +1675,12 @@ def train(args):
     sample_rng = XorShift(1337)
     if resume_step is not None:
         resume_run(out_dir, resume_step, optimizer, train_loader, sample_rng, args)
-    else:
-        append_log(out_dir, "", mode="w")  # a fresh run starts a fresh log
+    elif out_dir:
+        write_atomically(os.path.join(out_dir, "main.log"), [])  # a fresh run starts a fresh log
     start_step = resume_step or 0
     print(f"activations {model.acts_memory.nbytes / 2**20:.0f} MiB; parameters, gradients and AdamW state "
           f"{4 * model.params_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
+    load_kernels()
 
     training_time = 0.0
     for step in range(start_step, args.max_steps + 1):
@@ -1547,7 +1697,8 @@ def train(args):
                 print("generating:\n---")
                 generate(model, *tokenizer, sample_rng, args.gen_tokens)
                 print("\n---")
-            if args.checkpoint_every and ((step > 0 and step % args.checkpoint_every == 0) or last_step):
+            if out_dir and ((args.checkpoint_every and step > 0 and step % args.checkpoint_every == 0)
+                            or last_step):  # with -o, the trained model is never thrown away
                 write_checkpoint(out_dir, step, model, optimizer, train_loader, sample_rng, args)
                 prune_checkpoints(out_dir, args.checkpoints_keep)
         if last_step:
@@ -1562,16 +1713,17 @@ def train(args):
         took = time.perf_counter() - step_start
         training_time += took
         eta = training_time / (step + 1 - start_step) * (args.max_steps - step - 1)
-        print(f"step {step}: train loss {loss:f} (took {took * 1000:f} ms) | norm {norm:.4f} | lr {lr:.2e} | "
+        print(f"step {step}: train loss {loss:f} (took {took * 1000:.0f} ms) | norm {norm:.4f} | lr {lr:.2e} | "
               f"{args.total_batch_size / took:.0f} tok/s | ETA {format_duration(eta)}", flush=True)
         append_log(out_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
     print(f"total time {time.perf_counter() - started:.1f} s")
 
 
 def main(argv=None):
-    args = parse_args(argv)
     try:
-        train(args)
+        args = parse_args(argv)
+        with np.errstate(all="ignore"):  # a run that diverges is told in one line, by the checks of the loss and norm
+            train(args)
     except (GPT2Error, OSError, MemoryError, ImportError) as e:  # bad input, a full disk, too big a model, ...
         print(f"error: {e or type(e).__name__}", file=sys.stderr)
         return 1

@@ -451,7 +451,7 @@ def main(argv=None):
     if args.worker:
         return serve(args)
     if args.vs == "torch" and importlib.util.find_spec("torch") is None:
-        print("error: --vs torch needs PyTorch: pip install torch==2.13.0 (dev/requirements-dev.txt)", file=sys.stderr)
+        print("error: --vs torch needs PyTorch: pip install -r dev/requirements-dev.txt (its CPU build)", file=sys.stderr)
         return 1
     for var in THREAD_VARS:  # the workers' threads, and this process's for the sgemm
         os.environ[var] = str(args.threads)

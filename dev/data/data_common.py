@@ -332,6 +332,8 @@ def expand_inputs(paths, extensions):
             files.extend(found)
         elif not os.path.exists(path):
             raise GPT2Error(f"{path}: no such file or directory")
+        elif not os.path.isfile(path):  # a FIFO would make the reader wait forever
+            raise GPT2Error(f"{path}: not a regular file")
         elif not path.endswith(extensions):
             raise GPT2Error(f"{path}: expected a {' or '.join(extensions)} file or a directory of them")
         else:

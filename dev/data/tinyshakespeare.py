@@ -32,9 +32,10 @@ def prepare_tinyshakespeare(out_dir=train_gpt2.TINYSHAKESPEARE_DIR, input_path=N
             with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:
                 text = response.read()
         except OSError as e:
-            raise train_gpt2.GPT2Error(f"cannot download Tiny Shakespeare ({e}); with a local copy of the text, run "
-                            f"python -m dev.data.tinyshakespeare --input PATH") from None
+            raise train_gpt2.GPT2Error(f"cannot download Tiny Shakespeare ({e}); with a local copy of the text, "
+                                       "run python -m dev.data.tinyshakespeare --input PATH") from None
         train_gpt2.write_atomically(text_path, [np.frombuffer(text, dtype=np.uint8)])
+    train_gpt2.check_regular_file(text_path)
     try:
         with open(text_path, "rb") as f:
             text = f.read().decode("utf-8")
