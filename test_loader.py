@@ -158,3 +158,19 @@ def test_xorshift_and_sampling():
     assert g.XorShift(1337).random_f32() == coins[0]
     logits = np.log(np.array([0.1, 0.2, 0.3, 0.4, 99.0], dtype=np.float32))  # the last column is padding
     assert [g.sample_token(logits, 4, np.float32(c)) for c in (0.05, 0.15, 0.35, 0.65, 0.999)] == [0, 1, 2, 3, 3]
+
+
+def test_processes_read_their_rows_of_the_same_shuffled_batches(tmp_path):
+    # N processes with B rows each read exactly the rows one process with N*B rows reads, batch for batch: the same
+    # shuffle on every process (llm.c seeds each rank differently, its issue #792, so that ranks overlap)
+    for i, size in enumerate([97, 81]):
+        write_tokens(tmp_path / f"s_{i:03d}.bin", 1000 * i + np.arange(size))
+    pattern = str(tmp_path / "s_*.bin")
+    whole = g.DataLoader(pattern, 6, 4, 5000, shuffle=True)
+    parts = [g.DataLoader(pattern, 2, 4, 5000, shuffle=True, process_rank=rank, num_processes=3) for rank in range(3)]
+    assert [loader.num_batches for loader in parts] == [whole.num_batches] * 3
+    for _ in range(3 * whole.num_batches):  # three epochs
+        x, y = whole.next_batch()
+        batches = [loader.next_batch() for loader in parts]
+        np.testing.assert_array_equal(np.concatenate([px for px, _ in batches]), x)
+        np.testing.assert_array_equal(np.concatenate([py for _, py in batches]), y)

@@ -62,14 +62,14 @@ def test_every_write_reaches_the_disk_before_done(run_dir, capsys, monkeypatch):
     names = [(kind, os.path.basename(path)) for kind, path in events]
     done = names.index(("rename", "DONE_00000003"))
     before_done = names[:done]
-    for name in ("model_00000003.bin", "state_00000003.bin"):
+    for name in ("model_00000003.bin", "state_00000003_00000.bin"):
         tmp = f".{name}.tmp{os.getpid()}"
         assert before_done.index(("fsync", tmp)) < before_done.index(("rename", name))  # the file, then its name
         assert ("fsync", "out") in before_done[before_done.index(("rename", name)):]   # then the directory
     assert ("fsync", "main.log") in before_done
     assert names[done + 1] == ("fsync", "out")
     assert sorted(os.listdir(out)) == [".lock", "DONE_00000003", "DONE_00000006", "main.log", "model_00000003.bin",
-                                       "model_00000006.bin", "state_00000003.bin", "state_00000006.bin"]
+                                       "model_00000006.bin", "state_00000003_00000.bin", "state_00000006_00000.bin"]
 
 
 def test_resume_rewrites_the_log_through_a_temporary_file(run_dir, capsys, monkeypatch):
@@ -146,9 +146,9 @@ def write_state_with(path, changes=None, wide_changes=None, body=None):
 ])
 def test_every_field_of_the_state_is_checked(run_dir, capsys, case, fragment):
     out = checkpointed_run(run_dir, capsys)
-    state = str(out / "state_00000006.bin")
+    state = str(out / "state_00000006_00000.bin")
     if case == "step":
-        os.replace(out / "state_00000003.bin", state)
+        os.replace(out / "state_00000003_00000.bin", state)
     elif case == "negative step":
         write_state_with(state, {10: -6})
     elif case == "shuffle flag":
@@ -166,5 +166,5 @@ def test_every_field_of_the_state_is_checked(run_dir, capsys, case, fragment):
             f.write(np.array([0], "<u4").tobytes())
     elif case == "moments":
         write_state_with(state, body=np.array([np.nan], "<f4").tobytes())
-    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006.bin",
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006_00000.bin",
                    fragment)

@@ -152,7 +152,7 @@ def test_a_kill_right_after_a_checkpoint_is_pruned_on_resume(run_dir, capsys, mo
     assert f"resumed from the checkpoint of step {killed_at}" in stdout
     assert complete_checkpoints(out) == [15, 20]
     assert sorted(os.listdir(out)) == [".lock", "DONE_00000015", "DONE_00000020", "main.log", "model_00000015.bin",
-                                       "model_00000020.bin", "state_00000015.bin", "state_00000020.bin"]
+                                       "model_00000020.bin", "state_00000015_00000.bin", "state_00000020_00000.bin"]
 
 
 def test_resume_refuses_what_does_not_fit(run_dir, capsys):
@@ -160,13 +160,13 @@ def test_resume_refuses_what_does_not_fit(run_dir, capsys):
     assert g.main(trainer_args(run_dir, out, "-x", "6", "-n", "3")) == 0
     capsys.readouterr()
     assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1", "-b", "4", "-l", "3e-4"), capsys,
-                   "state_00000006.bin: cannot resume with other settings", "-b 2 there, 4 now",
+                   "state_00000006_00000.bin: cannot resume with other settings", "-b 2 there, 4 now",
                    "-l 9.999999747378752e-05 there, 0.0003 now")
     assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1")[2:] + ["-e", "d6"], capsys,
                    "model_00000006.bin: cannot resume with another model", "num_layers 2 there, 6 from -e d6")
-    state = out / "state_00000006.bin"
+    state = out / "state_00000006_00000.bin"
     state.write_bytes(state.read_bytes()[:-100])
-    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006.bin",
+    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006_00000.bin",
                    "truncated")
     (out / "DONE_00000006").unlink()  # an incomplete checkpoint is never resumed: the one before it is
     code, out_text, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
@@ -219,7 +219,8 @@ def test_a_run_extends_where_the_learning_rate_does_not_depend_on_its_length(run
     # a cosine decay over -x steps would change the learning rate of the steps already taken
     assert_refused(trainer_args(run_dir, short, "-x", "12", "-n", "2", "-y", "1"), capsys,
                    "-x 8 there, 12 now (the cosine schedule decays over the -x steps; only a run whose learning rate "
-                   "does not depend on -x, with -k constant or -q 1.0, can be extended)", "-k constant there, cosine now")
+                   "does not depend on -x, with -k constant or -q 1.0, can be extended)",
+                   "-k constant there, cosine now")
 
 
 def test_odd_names_and_bytes_in_the_output_directory(run_dir, capsys):

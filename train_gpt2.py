@@ -18,13 +18,15 @@ and every tensor is a view into one of them. The file reads top to bottom:
     6. data                         llm.c's token shards and its data loader, in its exact order
     7. tokenizer                    GPT-2's BPE (tiktoken) and llm.c's tokenizer file
     8. sampling                     llm.c's multinomial sampling
-    9. training                     one step, the command line, checkpoints, and the training loop
+    9. many processes               data-parallel training over MPI, and ZeRO-1
+   10. training                     one step, the command line, checkpoints, and the training loop
 
 Run `python train_gpt2.py --help` for the flags; they are named as in llm.c's train_gpt2.cu.
 """
 
 import argparse
 import codecs
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -35,6 +37,7 @@ import os
 import re
 import sys
 import time
+import zlib
 from types import SimpleNamespace
 
 # numba's parallel loops run on OpenMP threads and the matrix products on OpenBLAS's threads. By default both
@@ -43,6 +46,15 @@ from types import SimpleNamespace
 # threads should sleep at once. (Both settings are read when the libraries load: before numpy's import.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # the minimum: 2**4 cycles
+# Under mpirun (section 9), the processes on one machine share its cores: each takes its share of the cores it may
+# run on, unless OMP_NUM_THREADS says otherwise (mpirun binds each of 2 processes to a core of its own by default).
+if os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") and hasattr(os, "sched_getaffinity"):
+    cores = len(os.sched_getaffinity(0))
+    if cores == os.cpu_count():  # not bound: every process on this machine may run on every core
+        cores = max(1, cores // int(os.environ["OMPI_COMM_WORLD_LOCAL_SIZE"]))
+    threads = os.environ.setdefault("OMP_NUM_THREADS", str(cores))
+    os.environ.setdefault("NUMBA_NUM_THREADS", threads)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", threads)
 
 try:
     import numpy as np
@@ -904,25 +916,30 @@ DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")  # the matrices; 
 
 
 class AdamW:
-    def __init__(self, model, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    def __init__(self, model, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, shard=None):
+        """Updates the parameters `shard` = (start, stop) of the flat buffer (default: all of them), and keeps m and
+        v for those only (a shard: ZeRO-1, section 9)."""
         self.model, self.beta1, self.beta2, self.eps, self.weight_decay = model, beta1, beta2, eps, weight_decay
-        self.m_memory = np.zeros(model.num_parameters, dtype=model.dtype)  # same layout as the parameters
-        self.v_memory = np.zeros(model.num_parameters, dtype=model.dtype)
+        self.start, self.stop = shard or (0, model.num_parameters)
+        self.m_memory = np.zeros(self.stop - self.start, dtype=model.dtype)  # the parameters' layout, start to stop
+        self.v_memory = np.zeros(self.stop - self.start, dtype=model.dtype)
+        self.grads = model.grads_memory[self.start:self.stop]
 
     def update(self, lr, t, grad_scale=1.0):
         """One AdamW step; t counts steps from 1. The gradients are multiplied by grad_scale first (for
         clipping). The arithmetic is in the parameters' dtype, float32 as in llm.c; the bias corrections
         1 - beta**t are computed in double first, as PyTorch does, and then rounded."""
-        model, f = self.model, self.model.dtype.type
+        model, f, start = self.model, self.model.dtype.type, self.start
         offset = 0
-        for name, shape in model.shapes.items():
-            size = math.prod(shape)
-            region = slice(offset, offset + size)
-            adamw_kernel(model.params_memory[region], model.grads_memory[region], self.m_memory[region],
-                         self.v_memory[region], f(lr), f(self.beta1), f(self.beta2), f(self.eps),
-                         f(self.weight_decay if name in DECAYED else 0.0), f(grad_scale), f(1.0 - self.beta1 ** t),
-                         f(1.0 - self.beta2 ** t))
-            offset += size
+        for name, shape in model.shapes.items():  # each tensor's part in start..stop
+            first, last = max(offset, start), min(offset + math.prod(shape), self.stop)
+            if first < last:
+                adamw_kernel(model.params_memory[first:last], self.grads[first - start:last - start],
+                             self.m_memory[first - start:last - start], self.v_memory[first - start:last - start],
+                             f(lr), f(self.beta1), f(self.beta2), f(self.eps),
+                             f(self.weight_decay if name in DECAYED else 0.0), f(grad_scale),
+                             f(1.0 - self.beta1 ** t), f(1.0 - self.beta2 ** t))
+            offset += math.prod(shape)
 
 
 @kernel
@@ -1009,8 +1026,8 @@ class DataLoader:
                 raise GPT2Error(f"{path}: {n} tokens, fewer than B*T+1 = {self.tokens_per_sample + 1}")
             self.num_tokens += n
             self.num_batches += (n - 1) // self.tokens_per_sample
-        if shuffle:
-            self.rng = MersenneTwister(42 + process_rank)
+        if shuffle:  # the same order on every process: llm.c seeds 42 + rank, and its ranks can read the same
+            self.rng = MersenneTwister(42)  # batches twice and miss others (its issue #792)
             self.shard_order = np.arange(len(self.files))
         self.reset()
 
@@ -1164,25 +1181,150 @@ def generate(model, pieces, eot, rng, num_tokens):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 9. Training: one step, the command line, checkpoints and logs, and the loop
+# 9. Many processes: data-parallel training over MPI
+#
+# `mpirun -np N python train_gpt2.py ...` starts N copies of this program, on one machine or many, which train one
+# model together, as llm.c's trainer does on N GPUs. Each process (rank 0..N-1) holds the whole model and reads its
+# own B rows of every batch (the data loader's process_rank), so a step sees N*B rows; its backward pass scales the
+# loss by 1/N, and one all-reduce per optimizer step sums the gradients over the processes: every process then
+# holds the gradient of the mean loss over all N*B rows and takes the same AdamW step. With ZeRO-1 (-z 1), each
+# process keeps AdamW's m and v for its 1/N slice of the parameters only: the gradients are reduce-scattered (each
+# process gets the sum of its slice), each process updates its slice, and an all-gather gives every process all
+# the parameters again. Rank 0 prints, samples and writes the model and main.log; every rank writes its own
+# training state. Without mpirun, MPI is never imported, and the one process is what the rest of the file reads as.
 
-def train_step(model, optimizer, next_batch, grad_accum_steps, lr, step, grad_clip=0.0):
+def launched_processes():
+    """How many processes mpirun started, from the environment it gives them (Open MPI's, or MPICH's Hydra)."""
+    return int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE") or 1)
+
+
+class Processes:
+    def __init__(self, zero=False, comm=None):
+        self.comm, self.zero = comm, zero
+        self.rank, self.count = (comm.rank, comm.size) if comm else (0, 1)
+
+    @classmethod
+    def start(cls, zero):
+        """This process and its peers: under mpirun, MPI's world; otherwise this process alone."""
+        if launched_processes() == 1:
+            return cls(zero)
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise GPT2Error("mpirun started this process, but mpi4py is not installed: pip install '.[mpi]'") from None
+        return cls(zero, MPI.COMM_WORLD)
+
+    def shards(self, size):
+        """(start, stop) of each process's slice of `size` values, in rank order: equal but for one value."""
+        counts = [size // self.count + (rank < size % self.count) for rank in range(self.count)]
+        starts = np.cumsum([0] + counts[:-1]).tolist()
+        return [(start, start + count) for start, count in zip(starts, counts)]
+
+    def optimizer_shard(self, num_parameters):
+        """With ZeRO-1, the slice of the parameters whose AdamW state this process keeps; None for all of them."""
+        return self.shards(num_parameters)[self.rank] if self.zero and self.comm else None
+
+    @contextlib.contextmanager
+    def together(self):
+        """A block that may fail on one process alone (its own files, rank 0's work): if it fails on any process,
+        it fails on all, with the message of the first rank that failed, so that none waits for the others
+        forever. With one process, nothing to do."""
+        error = None
+        try:
+            yield
+        except (GPT2Error, OSError, MemoryError) as e:
+            error = e
+        if self.comm:
+            failed = next((message for message in self.comm.allgather(error and str(error)) if message), None)
+            if failed:
+                raise GPT2Error(failed) from None
+        elif error:
+            raise error
+
+    def broadcast(self, value):
+        """Rank 0's value, on every process."""
+        return self.comm.bcast(value) if self.comm else value
+
+    def average(self, value):
+        """The mean of a number over the processes, the same on every process (added up in rank order)."""
+        return sum(self.comm.allgather(value)) / self.count if self.comm else value
+
+    def sum_gradients(self, model, optimizer):
+        """Every process's gradients summed: with ZeRO-1 into this process's slice of the gradient buffer, where its
+        optimizer reads them (a reduce-scatter); otherwise into all of it, on every process (an all-reduce, made of
+        the same reduce-scatter and an all-gather: each slice is summed once, by its process, so every process holds
+        the same sums to the bit)."""
+        if self.comm:
+            self.reduce_scatter(model.grads_memory)
+            if not self.zero:
+                self.all_gather(model.grads_memory)
+
+    def reduce_scatter(self, x):
+        """Sums x over the processes into each process's slice of it, around a ring: at exchange k, process r sends
+        its running sum of slice r-k-1 to process r+1 and adds what r-1 sends of slice r-k-2 to its own; after N-1
+        exchanges its slice r holds the sum of all. (Open MPI's Reduce_scatter took 3 times its Allreduce's time
+        here, and a temporary buffer the size of x.) The other slices of x are left holding partial sums."""
+        shards, rank, count = self.shards(x.size), self.rank, self.count
+        if getattr(self, "received", None) is None:  # allocated once: fresh pages every step cost their faults
+            self.received = np.empty(max(stop - start for start, stop in shards), dtype=x.dtype)
+        received = self.received
+        for k in range(count - 1):
+            send_start, send_stop = shards[(rank - k - 1) % count]
+            start, stop = shards[(rank - k - 2) % count]
+            self.comm.Sendrecv(x[send_start:send_stop], dest=(rank + 1) % count,
+                               recvbuf=received[:stop - start], source=(rank - 1) % count)
+            x[start:stop] += received[:stop - start]
+
+    def gradient_norm(self, optimizer):
+        """The norm of all the gradients: from this process's slice and the others' with ZeRO-1."""
+        if not (self.comm and self.zero):
+            return math.sqrt(sum_of_squares(optimizer.grads))
+        return math.sqrt(sum(self.comm.allgather(sum_of_squares(optimizer.grads))))
+
+    def all_gather(self, x):
+        """Each process's slice of x to every process."""
+        from mpi4py import MPI
+        shards = self.shards(x.size)
+        counts, starts = [stop - start for start, stop in shards], [start for start, _ in shards]
+        self.comm.Allgatherv(MPI.IN_PLACE, [x, counts, starts, MPI._typedict[x.dtype.char]])
+
+    def gather_parameters(self, model):
+        """With ZeRO-1, each process updated its slice of the parameters: an all-gather gives every process all."""
+        if self.comm and self.zero:
+            self.all_gather(model.params_memory)
+
+    def check_same_parameters(self, model):
+        """The processes' parameters must be equal to the bit; a cheap check of it, made at each checkpoint."""
+        if self.comm and len(set(self.comm.allgather(zlib.crc32(model.params_memory)))) > 1:
+            raise GPT2Error("the processes' parameters differ: their MPI reductions did not agree to the bit")
+
+
+ONE_PROCESS = Processes()  # a run without mpirun
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 10. Training: one step, the command line, checkpoints and logs, and the loop
+
+def train_step(model, optimizer, next_batch, grad_accum_steps, lr, step, grad_clip=0.0, processes=ONE_PROCESS):
     """One optimizer step, as the body of llm.c's training loop: forward and backward passes over grad_accum_steps
-    micro-batches from next_batch(), their gradients adding up; the gradient norm, and clipping; AdamW. Returns
-    the mean loss and the gradient norm."""
+    micro-batches from next_batch(), their gradients adding up; the gradient norm, and clipping; AdamW. With many
+    processes, each runs this on its own rows, and the marked lines combine their work. Returns the mean loss and
+    the gradient norm."""
     model.zero_grad()
     loss = 0.0
     for _ in range(grad_accum_steps):
-        micro_loss = model.forward(*next_batch())
-        if not math.isfinite(micro_loss):
-            raise GPT2Error(f"the training loss is {micro_loss} at step {step}: the run diverged (lower -l?)")
-        loss += micro_loss / grad_accum_steps
-        model.backward(loss_scale=1.0 / grad_accum_steps)
-    norm = gradient_norm(model)
+        loss += model.forward(*next_batch()) / grad_accum_steps
+        model.backward(loss_scale=1.0 / (grad_accum_steps * processes.count))  # processes: the mean of all rows
+    loss = processes.average(loss)  # processes
+    if not math.isfinite(loss):
+        raise GPT2Error(f"the training loss is {loss} at step {step}: the run diverged (lower -l?)")
+    processes.sum_gradients(model, optimizer)  # processes: one all-reduce (or reduce-scatter) per step
+    norm = processes.gradient_norm(optimizer)
     if not math.isfinite(norm):
         raise GPT2Error(f"the gradient norm is {norm} at step {step}: the run diverged (lower -l?)")
     grad_scale = grad_clip / norm if 0 < grad_clip < norm else 1.0
     optimizer.update(lr, step + 1, grad_scale)
+    processes.gather_parameters(model)  # processes: with ZeRO-1, every process's updated slice to every process
     return loss, norm
 
 
@@ -1219,6 +1361,7 @@ class TrainConfig:
     beta2: float = 0.999
     grad_clip: float = 0.0
     overfit: int = 0                      # -a
+    zero: int = 0                         # -z
     val_every: int = 10                   # -v
     val_max_steps: int = 5                # -m
     sample_every: int = 20                # -s
@@ -1271,6 +1414,8 @@ def parse_args(argv=None):
     add("-a", "--overfit", type=int, choices=(0, 1),
         help="1: train on the first batch of the validation data over and over, a check that the model learns "
              "(default: %(default)s)")
+    add("-z", "--zero", type=int, choices=(0, 1),
+        help="1: ZeRO-1, AdamW's state split over the processes of an mpirun (default: %(default)s)")
     add("-v", "--val-every", type=int, metavar="N",
         help="validation loss every N steps, 0: never (default: %(default)s)")
     add("-m", "--val-max-steps", type=int, metavar="N",
@@ -1306,10 +1451,14 @@ def parse_args(argv=None):
     return args
 
 
-def complete_settings(args, train_tokens):
-    """The settings with the defaults that depend on the data filled in: -d is B*T; -x is 40 steps, as llm.c's CPU
-    demo, or with -d one epoch of the training shards, as its full trainer."""
-    total_batch_size = args.total_batch_size or args.batch_size * args.seq_len
+def complete_settings(args, train_tokens, num_processes):
+    """The settings with the defaults that depend on the data and the processes filled in: -d is B*T on each
+    process; -x is 40 steps, as llm.c's CPU demo, or with -d one epoch of the training shards, as its full
+    trainer."""
+    tokens_per_micro_batch = args.batch_size * args.seq_len * num_processes
+    if args.total_batch_size is not None and args.total_batch_size % tokens_per_micro_batch:
+        raise GPT2Error(f"-d {args.total_batch_size} is not a multiple of B*T*processes = {tokens_per_micro_batch}")
+    total_batch_size = args.total_batch_size or tokens_per_micro_batch
     max_steps = args.max_steps
     if max_steps is None:
         max_steps = 40 if args.total_batch_size is None else train_tokens // total_batch_size
@@ -1328,7 +1477,7 @@ RUN_SETTINGS = [(40, "-b", "batch_size", int), (41, "-t", "seq_len", int), (42, 
                 (43, "-x", "max_steps", int), (44, "-u", "warmup", int), (45, "-k", "schedule", str),
                 (46, "-a", "overfit", int), (50, "-l", "learning_rate", float), (51, "-q", "final_frac", float),
                 (52, "-c", "weight_decay", float), (53, "--beta1", "beta1", float), (54, "--beta2", "beta2", float),
-                (55, "--grad-clip", "grad_clip", float)]
+                (55, "--grad-clip", "grad_clip", float), (47, "-z", "zero", int)]
 
 
 def encode_setting(value, kind):
@@ -1357,8 +1506,9 @@ def setting_difference(flag, there, now, args):
     return f"{flag} {there} there, {now} now"
 
 
-def save_state(path, step, optimizer, loader, sample_rng, args):
-    header = new_header(STATE_MAGIC, 1, 1, 0, 0, int(loader.shuffle))  # 1 process, rank 0, no master weights
+def save_state(path, step, optimizer, loader, sample_rng, args, processes):
+    # processes, this one's rank, no master weights (float32 training), the data shuffled or not
+    header = new_header(STATE_MAGIC, 1, processes.count, processes.rank, 0, int(loader.shuffle))
     header[10] = step
     wide = header.view("<u8")  # 64-bit fields: wide[k] covers slots 2k and 2k+1
     # [20] and [22] hold llm.c's RNG for stochastic rounding, which float32 training does not use: left 0
@@ -1374,14 +1524,17 @@ def save_state(path, step, optimizer, loader, sample_rng, args):
     write_atomically(path, chunks)
 
 
-def load_state(path, step, optimizer, loader, sample_rng, args):
+def load_state(path, step, optimizer, loader, sample_rng, args, processes):
     """Restores AdamW's moments, the data loader and the sampling RNG from the state of checkpoint `step`."""
     header = read_header(path, STATE_MAGIC, (1,))
     if header[10] != step:
         raise GPT2Error(f"{path}: holds the state of step {header[10]}, not of step {step} as its name says")
-    if tuple(header[2:5]) != (1, 0, 0):
-        raise GPT2Error(f"{path}: written by process {header[3]} of {header[2]}"
-                        f"{' with master weights' if header[4] else ''}; this trainer runs one process in float32")
+    if header[4]:
+        raise GPT2Error(f"{path}: written with master weights (llm.c's mixed precision); this run trains in float32")
+    if tuple(header[2:4]) != (processes.count, processes.rank):
+        raise GPT2Error(f"{path}: written by process {header[3]} of {header[2]}, but this is process "
+                        f"{processes.rank} of {processes.count}: resume with as many processes as the run had "
+                        f"(mpirun -np {header[2]})")
     if header[5] not in (0, 1):
         raise GPT2Error(f"{path}: data shuffling flag {header[5]} is neither 0 nor 1")
     if not any(header[slot] for slot, *_ in RUN_SETTINGS):  # llm.c writes none of them
@@ -1445,52 +1598,71 @@ def load_state(path, step, optimizer, loader, sample_rng, args):
     sample_rng.state = int(wide[12])
 
 
-def checkpoint_files(out_dir, step):
-    return [os.path.join(out_dir, f"{kind}_{step:08d}{ext}")
-            for kind, ext in (("model", ".bin"), ("state", ".bin"), ("DONE", ""))]
+def checkpoint_files(out_dir, step, rank=0):
+    """model_%08d.bin, the training state of process `rank`, state_%08d_%05d.bin (llm.c's names), and DONE_%08d."""
+    return [os.path.join(out_dir, name) for name in (f"model_{step:08d}.bin", f"state_{step:08d}_{rank:05d}.bin",
+                                                     f"DONE_{step:08d}")]
 
 
-def write_checkpoint(out_dir, step, model, optimizer, loader, sample_rng, args):
-    """The model, the training state and last the DONE_ file, each on the disk before the next is written."""
-    model_path, state_path, done_path = checkpoint_files(out_dir, step)
-    save_model(model_path, model)
-    save_state(state_path, step, optimizer, loader, sample_rng, args)
-    with open(os.path.join(out_dir, "main.log"), "ab") as log:  # the log up to this checkpoint, too
-        os.fsync(log.fileno())
-    write_atomically(done_path, [])
-    print(f"wrote checkpoint {model_path}, {state_path}")
+def state_file(out_dir, step, rank):
+    """The training state to resume from; runs of one process used to write state_%08d.bin, which still loads."""
+    path = checkpoint_files(out_dir, step, rank)[1]
+    older = os.path.join(out_dir, f"state_{step:08d}.bin")
+    return older if rank == 0 and not os.path.exists(path) and os.path.exists(older) else path
 
 
-CHECKPOINT_FILE = re.compile(r"(model|state)_([0-9]{8})\.bin|DONE_([0-9]{8})")
+def write_checkpoint(out_dir, step, model, optimizer, loader, sample_rng, args, processes):
+    """The model (rank 0's) and every process's training state, and last the DONE_ file, once all of them are on
+    the disk."""
+    model_path, state_path, done_path = checkpoint_files(out_dir, step, processes.rank)
+    with processes.together():
+        processes.check_same_parameters(model)
+        if processes.rank == 0:
+            save_model(model_path, model)
+            with open(os.path.join(out_dir, "main.log"), "ab") as log:  # the log up to this checkpoint, too
+                os.fsync(log.fileno())
+        save_state(state_path, step, optimizer, loader, sample_rng, args, processes)
+    with processes.together():
+        if processes.rank == 0:
+            write_atomically(done_path, [])
+            prune_checkpoints(out_dir, args.checkpoints_keep)
+    print(f"wrote checkpoint {model_path}, {state_path}" + (f" and {processes.count - 1} more training states"
+                                                             if processes.count > 1 else ""))
+
+
+CHECKPOINT_FILE = re.compile(r"model_([0-9]{8})\.bin|state_([0-9]{8})(_[0-9]{5})?\.bin|DONE_([0-9]{8})")
 
 
 def checkpoint_steps(out_dir):
-    """The steps of every checkpoint file in out_dir, complete or not: {step: True if its DONE_ file exists}."""
+    """The checkpoint files in out_dir by step, complete or not: {step: [names]}, the DONE_ file first if any."""
     steps = {}
     for entry in os.scandir(out_dir):
         match = CHECKPOINT_FILE.fullmatch(entry.name)
         if match and entry.is_file():
-            step = int(match[2] or match[3])
-            steps[step] = steps.get(step, False) or match[3] is not None
+            names = steps.setdefault(int(match[1] or match[2] or match[4]), [])
+            names.insert(0 if match[4] else len(names), entry.name)
     return steps
 
 
+def complete_checkpoints(out_dir):
+    return sorted(step for step, names in checkpoint_steps(out_dir).items() if names[0].startswith("DONE_"))
+
+
 def latest_checkpoint(out_dir):
-    complete = [step for step, done in checkpoint_steps(out_dir).items() if done]
-    return max(complete) if complete else None
+    complete = complete_checkpoints(out_dir)
+    return complete[-1] if complete else None
 
 
 def prune_checkpoints(out_dir, keep):
     """Keeps the newest `keep` complete checkpoints (0: all) and deletes every older checkpoint file, complete or
     not: what the run retires as it goes, and what a run killed before it could retire them left."""
-    complete = sorted(step for step, done in checkpoint_steps(out_dir).items() if done)
+    complete = complete_checkpoints(out_dir)
     if not keep or len(complete) <= keep:
         return
-    for step in checkpoint_steps(out_dir):
+    for step, names in checkpoint_steps(out_dir).items():
         if step < complete[-keep]:
-            for path in reversed(checkpoint_files(out_dir, step)):  # DONE_ first: never a DONE_ without its files
-                if os.path.isfile(path):
-                    os.remove(path)
+            for name in names:  # DONE_ first: never a DONE_ without its files
+                os.remove(os.path.join(out_dir, name))
 
 
 def open_run_directory(args):
@@ -1531,13 +1703,15 @@ def open_run_directory(args):
     return lock, resume_step
 
 
-def resume_run(out_dir, step, optimizer, loader, sample_rng, args):
+def resume_run(out_dir, step, optimizer, loader, sample_rng, args, processes):
     """Continues from the complete checkpoint of `step` (its model is already loaded)."""
-    if step > args.max_steps:
-        raise GPT2Error(f"{out_dir}: its newest checkpoint is of step {step}, after -x {args.max_steps}")
-    load_state(checkpoint_files(out_dir, step)[1], step, optimizer, loader, sample_rng, args)
-    trim_log(out_dir, step)
-    prune_checkpoints(out_dir, args.checkpoints_keep)
+    with processes.together():
+        if step > args.max_steps:
+            raise GPT2Error(f"{out_dir}: its newest checkpoint is of step {step}, after -x {args.max_steps}")
+        load_state(state_file(out_dir, step, processes.rank), step, optimizer, loader, sample_rng, args, processes)
+        if processes.rank == 0:
+            trim_log(out_dir, step)
+            prune_checkpoints(out_dir, args.checkpoints_keep)
     print(f"resumed from the checkpoint of step {step} in {out_dir}")
 
 
@@ -1591,17 +1765,20 @@ def load_run_model(args, resume_step):
     return model
 
 
-def data_loaders(args, config):
-    """The training and validation loaders. As llm.c, overfitting (-a 1) trains on the first batches of the
-    validation set, unshuffled. The default data, Tiny Shakespeare, is prepared the first time."""
-    if (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
-            os.path.exists(DEFAULT_TRAIN) and os.path.exists(DEFAULT_VAL)):
-        print(f"{DEFAULT_TRAIN} not found: preparing Tiny Shakespeare")
-        from dev.data.tinyshakespeare import prepare_tinyshakespeare
-        prepare_tinyshakespeare(TINYSHAKESPEARE_DIR)
-    B, T, V = args.batch_size, args.seq_len, config.vocab_size
-    train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, V, shuffle=not args.overfit)
-    val_loader = DataLoader(args.val_data, B, T, V) if args.val_data else None
+def data_loaders(args, config, processes):
+    """The training and validation loaders, each process reading its rows. As llm.c, overfitting (-a 1) trains
+    on the first batches of the validation set, unshuffled. The default data, Tiny Shakespeare, is prepared the
+    first time (by rank 0, while the others wait)."""
+    with processes.together():
+        if processes.rank == 0 and (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
+                os.path.exists(DEFAULT_TRAIN) and os.path.exists(DEFAULT_VAL)):
+            print(f"{DEFAULT_TRAIN} not found: preparing Tiny Shakespeare")
+            from dev.data.tinyshakespeare import prepare_tinyshakespeare
+            prepare_tinyshakespeare(TINYSHAKESPEARE_DIR)
+    B, T, V, rank, count = args.batch_size, args.seq_len, config.vocab_size, processes.rank, processes.count
+    train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, V, shuffle=not args.overfit,
+                              process_rank=rank, num_processes=count)
+    val_loader = DataLoader(args.val_data, B, T, V, process_rank=rank, num_processes=count) if args.val_data else None
     return train_loader, val_loader
 
 
@@ -1625,10 +1802,11 @@ def sampling_tokenizer(args, config):
     return pieces, eot
 
 
-def validation_loss(model, loader, max_batches):
+def validation_loss(model, loader, max_batches, processes):
     loader.reset()
     num_batches = min(max_batches, loader.num_batches)
-    return sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
+    loss = sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
+    return processes.average(loss)
 
 
 def format_duration(seconds):
@@ -1653,33 +1831,43 @@ def load_kernels():
     print(f"kernels ready in {time.perf_counter() - started:.1f} s")
 
 
-def train(args):
+def train(args, processes):
     started = time.perf_counter()
-    B, T, out_dir = args.batch_size, args.seq_len, args.output_dir
-    run_lock, resume_step = open_run_directory(args) if out_dir else (None, None)  # locked while run_lock lives
-    model = load_run_model(args, resume_step)
-    cfg = model.config
-    print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
-          f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
-          f"{cfg.channels}, num_parameters {model.num_parameters:,}")
-    model.allocate(B, T, training=True)  # refuses a T longer than the model's maximum
-    optimizer = AdamW(model, args.beta1, args.beta2, 1e-8, args.weight_decay)
-    train_loader, val_loader = data_loaders(args, cfg)
-    args = complete_settings(args, train_loader.num_tokens)
-    grad_accum_steps = args.total_batch_size // (B * T)
+    B, T, out_dir, rank = args.batch_size, args.seq_len, args.output_dir, processes.rank
+    run_lock = resume_step = None  # the lock on -o is held while run_lock lives
+    with processes.together():  # rank 0 opens the run directory; the others learn from it where the run starts
+        if out_dir and rank == 0:
+            run_lock, resume_step = open_run_directory(args)
+    resume_step = processes.broadcast(resume_step)
+    with processes.together():
+        model = load_run_model(args, resume_step)
+        cfg = model.config
+        print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
+              f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
+              f"{cfg.channels}, num_parameters {model.num_parameters:,}")
+        model.allocate(B, T, training=True)  # refuses a T longer than the model's maximum
+        optimizer = AdamW(model, args.beta1, args.beta2, 1e-8, args.weight_decay,
+                          processes.optimizer_shard(model.num_parameters))
+    train_loader, val_loader = data_loaders(args, cfg, processes)
+    args = complete_settings(args, train_loader.num_tokens, processes.count)
+    grad_accum_steps = args.total_batch_size // (B * T * processes.count)
     print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s)"
           + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else "")
           + f"; {args.max_steps} steps of {args.total_batch_size} tokens = {grad_accum_steps} micro-batch(es) "
-            f"of B={B} x T={T}")
-    tokenizer = sampling_tokenizer(args, cfg)
+            f"of B={B} x T={T}" + (f" on each of {processes.count} processes" if processes.count > 1 else ""))
+    with processes.together():
+        tokenizer = sampling_tokenizer(args, cfg) if rank == 0 else None  # rank 0 samples
     sample_rng = XorShift(1337)
     if resume_step is not None:
-        resume_run(out_dir, resume_step, optimizer, train_loader, sample_rng, args)
-    elif out_dir:
+        resume_run(out_dir, resume_step, optimizer, train_loader, sample_rng, args, processes)
+    elif out_dir and rank == 0:
         write_atomically(os.path.join(out_dir, "main.log"), [])  # a fresh run starts a fresh log
     start_step = resume_step or 0
-    print(f"activations {model.acts_memory.nbytes / 2**20:.0f} MiB; parameters, gradients and AdamW state "
-          f"{4 * model.params_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
+    print(f"memory{' per process' if processes.count > 1 else ''}: parameters and gradients "
+          f"{2 * model.params_memory.nbytes / 2**20:.0f} MiB, AdamW state "
+          f"{(optimizer.m_memory.nbytes + optimizer.v_memory.nbytes) / 2**20:.0f} MiB"
+          f"{f' (ZeRO-1: 1/{processes.count} of it)' if args.zero and processes.count > 1 else ''}, activations "
+          f"{model.acts_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
     load_kernels()
 
     training_time = 0.0
@@ -1688,7 +1876,7 @@ def train(args):
         # a resumed run's first step had its validation, sample and checkpoint before the checkpoint was written
         if not (resume_step is not None and step == start_step):
             if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
-                val_loss = validation_loss(model, val_loader, args.val_max_steps)
+                val_loss = validation_loss(model, val_loader, args.val_max_steps, processes)
                 if not math.isfinite(val_loss):
                     raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged")
                 print(f"val loss {val_loss:f}")
@@ -1699,8 +1887,7 @@ def train(args):
                 print("\n---")
             if out_dir and ((args.checkpoint_every and step > 0 and step % args.checkpoint_every == 0)
                             or last_step):  # with -o, the trained model is never thrown away
-                write_checkpoint(out_dir, step, model, optimizer, train_loader, sample_rng, args)
-                prune_checkpoints(out_dir, args.checkpoints_keep)
+                write_checkpoint(out_dir, step, model, optimizer, train_loader, sample_rng, args, processes)
         if last_step:
             break
 
@@ -1709,7 +1896,8 @@ def train(args):
             train_loader.reset()
         lr = learning_rate(args.schedule, step, args.learning_rate, args.warmup, args.final_frac, args.max_steps)
         step_start = time.perf_counter()
-        loss, norm = train_step(model, optimizer, train_loader.next_batch, grad_accum_steps, lr, step, args.grad_clip)
+        loss, norm = train_step(model, optimizer, train_loader.next_batch, grad_accum_steps, lr, step, args.grad_clip,
+                                processes)
         took = time.perf_counter() - step_start
         training_time += took
         eta = training_time / (step + 1 - start_step) * (args.max_steps - step - 1)
@@ -1720,15 +1908,22 @@ def train(args):
 
 
 def main(argv=None):
+    rank = 0
     try:
         args = parse_args(argv)
+        processes = Processes.start(args.zero)
+        rank = processes.rank
+        if rank != 0:  # only rank 0 prints, errors included: what fails on one process fails on all (together())
+            sys.stdout = open(os.devnull, "w")
         with np.errstate(all="ignore"):  # a run that diverges is told in one line, by the checks of the loss and norm
-            train(args)
+            train(args, processes)
     except (GPT2Error, OSError, MemoryError, ImportError) as e:  # bad input, a full disk, too big a model, ...
-        print(f"error: {e or type(e).__name__}", file=sys.stderr)
+        if rank == 0:
+            print(f"error: {e or type(e).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if rank == 0:
+            print("interrupted", file=sys.stderr)
         return 130
     return 0
 

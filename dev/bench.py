@@ -19,6 +19,12 @@ The README's tables:
     python -m dev.bench --vs torch      # d12, B=4, T=64: ours and PyTorch, speed-up and RSS ratio
     python -m dev.bench --sweep         # ms/step, per-token cost and RSS over B*T (256..4096) and depth (d6..d24)
     python -m dev.bench --profile       # each kernel's share of our step
+    python -m dev.bench --processes     # 1 process x 2 threads, 1 x 1, and 2 processes x 1 thread under mpirun
+
+--processes runs train_gpt2's training step with the same total batch (B rows in all) three ways, each launched on
+its own: one process with all the threads, one process with one thread, and mpirun -np 2 with B/2 rows and one
+thread each (also with -z 1, ZeRO-1); it prints tokens/s, the time of the all-reduce (or reduce-scatter and
+all-gather) per step, and each process's peak RSS. Needs mpi4py and Open MPI (pip install ".[mpi]").
 """
 
 import argparse
@@ -27,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -315,6 +322,12 @@ def cpu_busy(seconds=0.5):
 
 
 def machine(args, workers):
+    lines = [machine_line(args)]
+    lines += [f"         {w.kind}: {w.info['threading']}, {w.info['threads']} threads" for w in workers]
+    return "\n".join(lines)
+
+
+def machine_line(args):
     import numpy as np
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
@@ -328,10 +341,86 @@ def machine(args, workers):
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         blas = f"{blas['name']} {blas['version']}"
     busy = f", {100 * args.busy:.0f}% busy just before" if args.busy is not None else ""
-    lines = [f"machine: {cpu}, {os.cpu_count()} cores ({ALL_CORES} usable){busy}; python "
-             f"{platform.python_version()}, numpy {np.__version__} ({blas}), numba {metadata.version('numba')}"]
-    lines += [f"         {w.kind}: {w.info['threading']}, {w.info['threads']} threads" for w in workers]
-    return "\n".join(lines)
+    return (f"machine: {cpu}, {os.cpu_count()} cores ({ALL_CORES} usable){busy}; python "
+            f"{platform.python_version()}, numpy {np.__version__} ({blas}), numba {metadata.version('numba')}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Many processes: each configuration launched on its own (under mpirun for 2 processes); rank 0 reports JSON
+
+def processes_worker(args):
+    """Runs warm-up and timed train_step()s on this process's rows; rank 0 prints one JSON line."""
+    import train_gpt2 as tg
+    import numpy as np
+    processes = tg.Processes.start(args.zero)
+    model = tg.load_gpt2(args.model)
+    B = args.batch_size // processes.count
+    model.allocate(B, args.seq_len, training=True)
+    optimizer = tg.AdamW(model, BETA1, BETA2, EPS, WEIGHT_DECAY, processes.optimizer_shard(model.num_parameters))
+    x, y = random_batch(np, args.seed, model.config.vocab_size, args.batch_size, args.seq_len, np.int32)
+    rows = slice(processes.rank * B, (processes.rank + 1) * B)
+    communication = []
+
+    def timed(function):  # the time spent in the processes' exchanges
+        def wrapper(*a):
+            start = time.perf_counter()
+            function(*a)
+            communication[-1] += time.perf_counter() - start
+        return wrapper
+
+    processes.sum_gradients = timed(processes.sum_gradients)
+    processes.gather_parameters = timed(processes.gather_parameters)
+    times = []
+    for step in range(args.warmup + args.steps):
+        communication.append(0.0)
+        if processes.comm:
+            processes.comm.Barrier()
+        start = time.perf_counter()
+        loss, _ = tg.train_step(model, optimizer, lambda: (x[rows], y[rows]), 1, LR, step, 0.0, processes)
+        times.append(time.perf_counter() - start)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    rss = processes.comm.allgather(rss) if processes.comm else [rss]
+    if processes.rank == 0:
+        import numba
+        print(json.dumps(dict(times=times[args.warmup:], communication=communication[args.warmup:], loss=loss,
+                              rss=rss, threads=numba.get_num_threads(), processes=processes.count)))
+    return 0
+
+
+def processes_run(args):
+    mpirun = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if not mpirun or importlib.util.find_spec("mpi4py") is None:
+        raise BenchError("--processes needs mpi4py and Open MPI: pip install '.[mpi]'")
+    B, T = args.batch_size, args.seq_len
+    configs = [("1 process x %d threads" % ALL_CORES, 1, ALL_CORES, 0), ("1 process x 1 thread", 1, 1, 0),
+               ("2 processes x 1 thread", 2, 1, 0), ("2 processes x 1 thread, ZeRO-1", 2, 1, 1)]
+    print(f"processes: {args.model}, B={B} rows in all, T={T}; {args.warmup} warm-up + {args.steps} timed steps, "
+          "each configuration launched on its own\n")
+    print("| configuration | ms/step, median (min-max) | tokens/s | vs first | all-reduce ms/step | "
+          "peak RSS MiB per process |\n|---|--:|--:|--:|--:|--:|")
+    first = None
+    for name, count, threads, zero in configs:
+        command = [sys.executable, "-m", "dev.bench", "--processes-worker", "-e", args.model, "-b", str(B), "-t",
+                   str(T), "--seed", str(args.seed), "--warmup", str(args.warmup), "--steps", str(args.steps),
+                   "--zero", str(zero)]
+        if count > 1:  # unbound, so that a process's one thread may run on either core, as the others' do
+            command = [mpirun, "-np", str(count), "--oversubscribe", "--bind-to", "none"] + command
+        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
+                   **{var: str(threads) for var in THREAD_VARS})
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        reports = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        if result.returncode or not reports:
+            raise BenchError(f"{name}: exit status {result.returncode}: {result.stderr.strip()[-1000:]}")
+        report = json.loads(reports[-1])
+        median = statistics.median(report["times"])
+        tokens_s = B * T / median
+        first = first or tokens_s
+        exchange = statistics.median(report["communication"]) * 1e3 if count > 1 else 0.0
+        print(f"| {name} | {median * 1e3:.1f} ({min(report['times']) * 1e3:.1f}-{max(report['times']) * 1e3:.1f}) | "
+              f"{tokens_s:,.0f} | {tokens_s / first:.2f}x | {exchange:.1f} | "
+              + " / ".join(f"{r:,.0f}" for r in report["rss"]) + " |", flush=True)
+    print("\n" + machine_line(args))
 
 
 def main_run(args):
@@ -424,7 +513,11 @@ def parse_args(argv=None):
         help="models of the sweep over depth, at -b and -t (default %(default)s)")
     add("--sgemm-repeats", type=int, default=5, metavar="N",
         help="timings per sgemm shape, at least 3, fewer when slow (default %(default)s)")
+    add("--processes", action="store_true",
+        help="1 process x all threads, 1 x 1, and 2 processes x 1 thread (mpirun), same total batch")
     add("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    add("--processes-worker", action="store_true", help=argparse.SUPPRESS)
+    add("--zero", type=int, default=0, help=argparse.SUPPRESS)
     add("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.warmup = 1 if args.warmup is None and args.sweep else 2 if args.warmup is None else args.warmup
@@ -450,8 +543,11 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return serve(args)
+    if args.processes_worker:
+        return processes_worker(args)
     if args.vs == "torch" and importlib.util.find_spec("torch") is None:
-        print("error: --vs torch needs PyTorch: pip install -r dev/requirements-dev.txt (its CPU build)", file=sys.stderr)
+        print("error: --vs torch needs PyTorch: pip install -r dev/requirements-dev.txt (its CPU build)",
+              file=sys.stderr)
         return 1
     for var in THREAD_VARS:  # the workers' threads, and this process's for the sgemm
         os.environ[var] = str(args.threads)
@@ -461,7 +557,7 @@ def main(argv=None):
         print(f"warning: other processes use {100 * args.busy:.0f}% of the CPUs; BLAS and OpenMP threads slow down "
               "many times when they share cores, so expect slow and noisy numbers", file=sys.stderr)
     try:
-        sweep(args) if args.sweep else main_run(args)
+        processes_run(args) if args.processes else sweep(args) if args.sweep else main_run(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

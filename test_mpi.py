@@ -1,0 +1,167 @@
+"""
+Data-parallel training over MPI: 2 processes on this machine (mpirun --oversubscribe), against 1 process with
+twice the rows; ZeRO-1; gradient accumulation; the TCP transport; resume; failures on one process. Needs mpi4py
+and Open MPI (pip install ".[mpi]"); skipped with the reason where they are missing.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import train_gpt2 as g
+from conftest import FIXTURE_MODEL, HERE, read_log, trainer_args
+
+TRAINER = os.path.join(HERE, "train_gpt2.py")
+MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+try:
+    import mpi4py  # noqa: F401
+except ImportError:
+    mpi4py = None
+pytestmark = pytest.mark.skipif(not (MPIRUN and mpi4py), reason="needs mpi4py and Open MPI: pip install '.[mpi]'")
+LOSS_TOLERANCE = 1e-4  # float32 sums taken in another order
+
+
+def run(run_dir, argv, processes=1, mpi_options=()):
+    """The trainer, alone or under mpirun with `processes` processes; returns the finished process."""
+    command = [sys.executable, TRAINER] + argv
+    if processes > 1:
+        command = [MPIRUN, "-np", str(processes), "--oversubscribe", *mpi_options] + command
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return subprocess.run(command, cwd=run_dir, capture_output=True, text=True, timeout=600, env=env)
+
+
+def losses(stdout, kind):
+    prefix = {"train": "step ", "val": "val loss "}[kind]
+    lines = [line for line in stdout.splitlines() if line.startswith(prefix)]
+    return np.array([float(line.split("train loss ")[1].split()[0] if kind == "train" else line.split()[2])
+                     for line in lines])
+
+
+def settings(run_dir, out, B, *extra):
+    return trainer_args(run_dir, out, "-x", "6", "-b", str(B), "-d", "64", "-v", "3", *extra)
+
+
+@pytest.mark.parametrize("zero", ["0", "1"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_two_processes_train_as_one_with_twice_the_rows(run_dir, zero, accumulate):
+    # -d 64 with T=8: one process of B=8, or two of B=4, in one micro-batch; or with accumulation two of B=2
+    B = 2 if accumulate else 4
+    one = run(run_dir, settings(run_dir, run_dir / "one", 2 * B))
+    two = run(run_dir, settings(run_dir, run_dir / "two", B, "-z", zero), processes=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert f"= {2 if accumulate else 1} micro-batch(es) of B={B} x T=8 on each of 2 processes" in two.stdout
+    for kind in ("train", "val"):
+        expected, got = losses(one.stdout, kind), losses(two.stdout, kind)
+        assert len(got) == len(expected) > 2
+        np.testing.assert_allclose(got, expected, rtol=0, atol=LOSS_TOLERANCE)
+    assert ("(ZeRO-1: 1/2 of it)" in two.stdout) == (zero == "1")
+    # one model file and a training state for each process, which holds its half of AdamW's state with ZeRO-1
+    files = sorted(os.listdir(run_dir / "two"))
+    assert [name for name in files if name.startswith("state_")] == ["state_00000006_00000.bin",
+                                                                      "state_00000006_00001.bin"]
+    moments = 2 * 4 * g.load_model(FIXTURE_MODEL).num_parameters  # m and v of every parameter, in float32
+    state_size = os.path.getsize(run_dir / "two" / "state_00000006_00001.bin")
+    assert (moments / 2 < state_size < moments) if zero == "1" else (state_size > moments)
+
+
+def test_the_tcp_transport_between_machines(run_dir):
+    one = run(run_dir, settings(run_dir, run_dir / "one", 8))
+    two = run(run_dir, settings(run_dir, run_dir / "two", 4, "-z", "1"), processes=2,
+              mpi_options=["--mca", "btl", "self,tcp"])
+    assert two.returncode == 0, two.stderr
+    np.testing.assert_allclose(losses(two.stdout, "train"), losses(one.stdout, "train"), rtol=0, atol=LOSS_TOLERANCE)
+
+
+def test_a_resumed_two_process_run_matches_a_straight_one(run_dir):
+    straight, stopped = run_dir / "straight", run_dir / "stopped"
+    argv = ["-x", "8", "-b", "4", "-d", "64", "-n", "2", "-z", "1"]
+    result = run(run_dir, trainer_args(run_dir, straight, *argv), processes=2)
+    assert result.returncode == 0, result.stderr
+    # what a kill right after the checkpoint of step 4 leaves: its files and those before, the log so far, and the
+    # model file of step 6 without its DONE_ file
+    stopped.mkdir()
+    for name in os.listdir(straight):
+        step = int(name.split("_")[1][:8]) if name.startswith(("model_", "state_", "DONE_")) else None
+        if name == "main.log" or name == "model_00000006.bin" or (step is not None and step <= 4):
+            shutil.copy(straight / name, stopped / name)
+    assert sorted(os.listdir(stopped))[:3] == ["DONE_00000002", "DONE_00000004", "main.log"]
+    resumed = run(run_dir, trainer_args(run_dir, stopped, *argv, "-y", "1"), processes=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from the checkpoint of step 4" in resumed.stdout
+    assert read_log(stopped) == read_log(straight)
+    for name in ("model_00000008.bin", "state_00000008_00000.bin", "state_00000008_00001.bin"):
+        assert (stopped / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_resuming_with_another_number_of_processes_is_refused(run_dir):
+    out = run_dir / "out"
+    assert run(run_dir, settings(run_dir, out, 4, "-n", "3"), processes=2).returncode == 0
+    alone = run(run_dir, settings(run_dir, out, 4, "-n", "3", "-y", "1"))
+    assert alone.returncode == 1
+    assert alone.stderr == (f"error: {out}/state_00000006_00000.bin: written by process 0 of 2, but this is process 0 "
+                            "of 1: resume with as many processes as the run had (mpirun -np 2)\n")
+
+
+def test_a_failure_on_one_process_stops_all_with_one_line(run_dir):
+    out = run_dir / "out"
+    assert run(run_dir, settings(run_dir, out, 4, "-n", "3"), processes=2).returncode == 0
+    state = out / "state_00000006_00001.bin"  # only process 1 reads it
+    state.write_bytes(state.read_bytes()[:-100])
+    result = run(run_dir, settings(run_dir, out, 4, "-n", "3", "-y", "1"), processes=2)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {state}: truncated: {os.path.getsize(state)} bytes, and more were expected"]
+
+
+def test_a_process_that_dies_ends_the_job(run_dir):
+    # process 1 is killed by a signal half-way: MPI ends the whole job rather than let process 0 wait forever
+    code = ("import os, signal, sys, train_gpt2\n"
+            "sys.argv[0] = 'train_gpt2.py'\n"
+            "step = train_gpt2.train_step\n"
+            "def dying(*args, **kwargs):\n"
+            "    if os.environ.get('OMPI_COMM_WORLD_RANK') == '1' and args[5] == 2:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    return step(*args, **kwargs)\n"
+            "train_gpt2.train_step = dying\n"
+            "sys.exit(train_gpt2.main(sys.argv[1:]))\n")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=HERE)
+    result = subprocess.run([MPIRUN, "-np", "2", "--oversubscribe", sys.executable, "-c", code]
+                            + settings(run_dir, run_dir / "out", 4), cwd=run_dir, capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode != 0
+    assert "step 1:" in result.stdout and "step 2:" not in result.stdout
+    assert "signal 9" in result.stderr or "Killed" in result.stderr, result.stderr
+
+
+def test_a_plain_run_never_imports_mpi(run_dir):
+    code = ("import sys, train_gpt2\n"
+            f"code = train_gpt2.main({settings(run_dir, run_dir / 'out', 8)!r})\n"
+            "assert code == 0, code\n"
+            "print('mpi4py' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=run_dir, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=HERE))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False"
+
+
+def test_the_ring_reduce_scatter_with_three_processes(tmp_path):
+    # ZeRO-1's reduce-scatter around a ring, with slices of unequal sizes: each process's slice holds the sum
+    code = ("import numpy as np, train_gpt2\n"
+            "processes = train_gpt2.Processes.start(zero=True)\n"
+            "x = np.random.default_rng(processes.rank).standard_normal(1001)\n"
+            "total = sum(np.random.default_rng(rank).standard_normal(1001) for rank in range(processes.count))\n"
+            "processes.reduce_scatter(x)\n"
+            "start, stop = processes.shards(x.size)[processes.rank]\n"
+            "print(processes.rank, start, stop, np.abs(x[start:stop] - total[start:stop]).max())\n")
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=HERE)
+    result = subprocess.run([MPIRUN, "-np", "3", "--oversubscribe", sys.executable, "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = sorted(line.split() for line in result.stdout.splitlines())
+    assert [line[:3] for line in lines] == [["0", "0", "334"], ["1", "334", "668"], ["2", "668", "1001"]]
+    assert all(float(line[3]) < 1e-12 for line in lines)
