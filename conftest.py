@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import train_gpt2 as g
+from dev.data.data_common import write_shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE_MODEL = os.path.join(HERE, "data", "fixtures", "ref_model.bin")
@@ -72,7 +73,7 @@ def random_model(config, dtype, seed=0):
 
 
 def write_tokens(path, tokens):
-    g.write_shard(str(path), np.asarray(tokens))
+    write_shard(str(path), np.asarray(tokens))
     return str(path)
 
 

@@ -118,7 +118,8 @@ def test_bad_flags_exit_with_one_line(capsys):
     for argv in (["-b", "0"], ["-t", "-1"], ["-x", "-2"], ["-g", "65"], ["--no-such-flag"], ["-l", "-1"],
                  ["--beta1", "1.5"], ["-q", "2"], ["-m", "0"], ["-k", "steep"], ["-n", "5"], ["-b", "3", "-d", "100"],
                  ["-c", "nan"], ["-l", "inf"], ["--grad-clip", "nan"], ["-q", "nan"], ["--beta2", "nan"],
-                 ["-l", "1e39"], ["-c", "-inf"]):
+                 ["-l", "1e39"], ["-c", "-inf"], ["-u", "3000000000"], ["-x", "2147483648"], ["-o", ""], ["-e", ""],
+                 ["-a", "1", "-j", ""], ["-q", "1.5"]):
         with pytest.raises(SystemExit) as exit_info:
             g.parse_args(argv)
         assert exit_info.value.code == 2
@@ -173,12 +174,12 @@ def test_a_diverging_run_prints_one_line(shards, capsys):
 
 
 def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(tmp_path):
-    # the interrupt is made to land while numba is imported, before any of the trainer's own code runs
-    code = ("import runpy, sys\n"
+    # the interrupt (a real SIGINT) is made to land while numba is imported, before the trainer's own code runs
+    code = ("import os, runpy, signal, sys\n"
             "class Interrupt:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name == 'numba':\n"
-            "            raise KeyboardInterrupt\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n"
             "sys.meta_path.insert(0, Interrupt())\n"
             f"sys.argv = ['train_gpt2.py']\n"
             f"runpy.run_path({os.path.join(HERE, 'train_gpt2.py')!r}, run_name='__main__')\n")
@@ -193,3 +194,21 @@ def test_ctrl_c_while_the_run_starts_exits_130(shards, capsys, monkeypatch):
     monkeypatch.setattr(g, "load_kernels", interrupted)
     code, out, err = run_main(shards + ["-b", "2", "-t", "8", "-s", "0"], capsys)
     assert (code, err) == (130, "interrupted\n")
+
+
+def test_a_ctrl_c_that_numba_swallowed_still_stops_the_run(shards, capsys, monkeypatch):
+    # a KeyboardInterrupt raised inside numba's C callbacks is printed and lost; the handler's note of it is not
+    def swallowed():
+        monkeypatch.setattr(g, "interrupted", True)
+
+    monkeypatch.setattr(g, "load_kernels", swallowed)
+    code, out, err = run_main(shards + ["-b", "2", "-t", "8", "-s", "0"], capsys)
+    assert (code, err) == (130, "interrupted\n") and "step 0" not in out
+
+
+def test_a_descriptor_is_a_descriptor_even_where_a_directory_has_its_name(shards, tmp_path, capsys):
+    # -o d6 makes a directory d6 before -e d6 is read: d6 is still GPT-2's shape of 6 layers
+    code, out, err = run_main(["-e", "d6", "-o", "d6", "-i", str(tmp_path / "train.bin"), "-j", "", "-x", "1",
+                               "-s", "0", "-b", "1", "-t", "8"], capsys)
+    assert code == 0, err
+    assert "num_layers 6" in out and os.path.isdir(tmp_path / "d6")

@@ -35,7 +35,8 @@ def test_a_fresh_run_refuses_a_directory_that_holds_another_run(run_dir, capsys)
     for name in os.listdir(out):
         if name != "main.log":
             os.remove(out / name)
-    assert_refused(trainer_args(run_dir, out, "-x", "6"), capsys, "holds another run (main.log)")
+    assert_refused(trainer_args(run_dir, out, "-x", "6"), capsys,
+                   "holds the log of another run, which wrote no checkpoint: -y 1 starts it again")
     code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-y", "1"), capsys)  # nothing to resume
     assert code == 0 and "no complete checkpoint" in stdout, err
 
@@ -97,12 +98,16 @@ def test_resume_rewrites_the_log_through_a_temporary_file(run_dir, capsys, monke
 
 def test_leftovers_of_killed_writes_are_removed_when_a_run_starts(run_dir, capsys):
     out = checkpointed_run(run_dir, capsys)
-    for name in (".model_00000009.bin.tmp123", ".state_00000009.bin.tmp99999", ".main.log.tmp7"):
-        (out / name).write_bytes(b"x" * 1000)
+    killed = subprocess.Popen([sys.executable, "-c", ""])  # a process that is gone by the time the run starts
+    killed.wait()
+    for name in (".model_00000009.bin", ".state_00000009_00000.bin", ".main.log"):
+        (out / f"{name}.tmp{killed.pid}").write_bytes(b"x" * 1000)
     (out / ".notes.tmp").write_text("not ours: kept")
+    (out / f".live.tmp{os.getpid()}").write_text("a live process's: kept")
     code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
     assert code == 0, err
-    assert sorted(name for name in os.listdir(out) if name.startswith(".")) == [".lock", ".notes.tmp"]
+    assert sorted(name for name in os.listdir(out) if name.startswith(".")) == [f".live.tmp{os.getpid()}", ".lock",
+                                                                               ".notes.tmp"]
 
 
 def test_a_full_disk_names_the_file(run_dir):
@@ -168,3 +173,36 @@ def test_every_field_of_the_state_is_checked(run_dir, capsys, case, fragment):
         write_state_with(state, body=np.array([np.nan], "<f4").tobytes())
     assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006_00000.bin",
                    fragment)
+
+
+def test_a_lock_file_that_is_no_file(run_dir, capsys):
+    out = run_dir / "out"
+    out.mkdir()
+    os.mkfifo(out / ".lock")
+    assert_refused(trainer_args(run_dir, out, "-x", "2"), capsys, f"{out}/.lock: not a regular file")
+
+
+def test_resuming_on_other_training_shards_is_refused(run_dir, capsys):
+    out = checkpointed_run(run_dir, capsys)
+    other = run_dir / "other"
+    other.mkdir()
+    for i in range(3):  # the same number of shards, of the same sizes, but other names
+        os.replace(run_dir / f"train_{i}.bin", other / f"shard_{i}.bin")
+    args = trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1")
+    args[args.index("-i") + 1] = str(other / "shard_*.bin")
+    assert_refused(args, capsys, "other training shards (-i) than the run had")
+    for i in range(3):  # moved to another folder under their own names, they are the same shards
+        os.replace(other / f"shard_{i}.bin", other / f"train_{i}.bin")
+    args[args.index("-i") + 1] = str(other / "train_*.bin")
+    code, stdout, err = run_main(args, capsys)
+    assert code == 0, err
+
+
+def test_an_output_directory_whose_name_is_not_utf8(run_dir):
+    # its name is printed (with the byte escaped) even where stdout encodes strictly
+    argv = [sys.executable, os.path.join(HERE, "train_gpt2.py")] + trainer_args(run_dir, "OUT", "-x", "2")
+    argv[argv.index("OUT")] = os.fsencode(run_dir) + b"/run_\xff"
+    result = subprocess.run(argv, cwd=run_dir, capture_output=True, timeout=600,
+                            env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert result.returncode == 0, result.stderr
+    assert b"wrote checkpoint " in result.stdout and b"run_\\udcff/model_00000002.bin" in result.stdout

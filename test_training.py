@@ -161,7 +161,7 @@ def test_resume_refuses_what_does_not_fit(run_dir, capsys):
     capsys.readouterr()
     assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1", "-b", "4", "-l", "3e-4"), capsys,
                    "state_00000006_00000.bin: cannot resume with other settings", "-b 2 there, 4 now",
-                   "-l 9.999999747378752e-05 there, 0.0003 now")
+                   "-l 1e-04 there, 0.0003 now")
     assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1")[2:] + ["-e", "d6"], capsys,
                    "model_00000006.bin: cannot resume with another model", "num_layers 2 there, 6 from -e d6")
     state = out / "state_00000006_00000.bin"

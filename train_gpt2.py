@@ -8,7 +8,8 @@ is allocated once, up front, in a few flat buffers:
     parameters | gradients | AdamW first moments | AdamW second moments     (same layout, one float each)
     activations and activation gradients for a batch of (B, T) tokens
 
-and every tensor is a view into one of them. The file reads top to bottom:
+and every tensor is a view into one of them. A model that only runs forward (to generate text, or to evaluate)
+has its parameters and activations only. The file reads top to bottom:
 
     1. file headers and errors      llm.c's 256-int header, one error type for bad input
     2. kernels                      each layer's forward beside its backward
@@ -35,6 +36,7 @@ import hashlib
 import math
 import os
 import re
+import signal
 import sys
 import time
 import zlib
@@ -56,12 +58,11 @@ if os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") and hasattr(os, "sched_getaffini
     os.environ.setdefault("NUMBA_NUM_THREADS", threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", threads)
 
-try:
-    import numpy as np
-    from numba import njit, prange
-except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+if __name__ == "__main__":  # Ctrl-C while the libraries load and the file's functions are made: stop, quietly
+    signal.signal(signal.SIGINT, lambda signum, frame: (print("interrupted", file=sys.stderr), os._exit(130)))
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. File headers and errors
@@ -165,7 +166,7 @@ def sync_directory(directory):
 # Vp padded vocabulary, OC output channels, N = B*T rows.
 #
 # The kernels are dtype-generic: the same code runs in float32 for training and in float64 for the gradient
-# checks of test_gpt2.py. Numba compiles each once per dtype and caches the machine code on disk.
+# checks of test_kernels.py. Numba compiles each once per dtype and caches the machine code on disk.
 # `prange` loops run in parallel over the cores. Sums and constants take the input's dtype (`x.dtype.type(0)`),
 # so that float32 code stays float32; only layernorm's statistics are summed in float64. The fastmath flags
 # allow fused multiply-adds but neither reordered sums (LLVM vectorised a reordered sum differently in a kernel
@@ -530,10 +531,6 @@ class MersenneTwister:
         uniform_from_draws(out, self.randint32(n))
         return out
 
-    def normal(self, n, std):
-        """llm.c's normal_ of n values."""
-        return self.fill_normal(np.empty(n, dtype=np.float32), std)
-
     def fill_normal(self, out, std):
         """llm.c's normal_ into the flat float32 array out, for n >= 16: Box-Muller on blocks of 16 uniforms, the
         first 8 paired with the last 8; when n is not a multiple of 16, the last 16 values are drawn again from 16
@@ -599,8 +596,14 @@ class XorShift:
 # itself (weight tying). The vocabulary is padded from V to Vp rows (50257 to 50304 for GPT-2), which llm.c
 # does for faster kernels; the padded rows stay zero and the loss never looks at them.
 
-class GPT2Config(SimpleNamespace):
-    """max_seq_len, vocab_size (V), padded_vocab_size (Vp), num_layers (L), num_heads (NH), channels (C)."""
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    max_seq_len: int        # maxT
+    vocab_size: int         # V
+    padded_vocab_size: int  # Vp
+    num_layers: int         # L
+    num_heads: int          # NH
+    channels: int           # C
 
 
 def parameter_shapes(config):
@@ -653,6 +656,21 @@ def check_config(config, source):
         raise GPT2Error(f"{source}: {c.channels} channels do not split into {c.num_heads} heads")
 
 
+def zeros(size, dtype):
+    """A flat buffer of zeros, written now, by all the cores. (np.zeros maps pages that the first write to each then
+    faults in: inside the first training step's kernels, GPT-2 124M's 2 GB of them made it 3.5 s slower.)"""
+    memory = np.empty(size, dtype=dtype)
+    fill_zeros(memory)
+    return memory
+
+
+@kernel
+def fill_zeros(x):
+    # x (n,) = 0
+    for i in prange(x.shape[0]):
+        x[i] = 0
+
+
 def point_tensors(memory, shapes):
     """Views a flat buffer as named tensors of the given shapes, one after another (llm.c's malloc_and_point)."""
     tensors, offset = {}, 0
@@ -689,13 +707,13 @@ class GPT2:
         if T > self.config.max_seq_len:
             raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {self.config.max_seq_len}")
         sizes = {name: (math.prod(shape),) for name, shape in activation_shapes(self.config, B, T, training).items()}
-        self.acts_memory = np.zeros(sum(size for size, in sizes.values()), dtype=self.dtype)
+        self.acts_memory = zeros(sum(size for size, in sizes.values()), self.dtype)
         self.act_regions = point_tensors(self.acts_memory, sizes)  # one flat region per activation
-        self.max_batch, self.training = (B, T), training
+        self.capacity, self.training = (B, T), training
         C, L = self.config.channels, self.config.num_layers
-        self.kv_cache = None if training else np.zeros((L, B, T, 2 * C), dtype=self.dtype)
+        self.kv_cache = None if training else zeros(L * B * T * 2 * C, self.dtype).reshape(L, B, T, 2 * C)
         if training and self.grads_memory is None:
-            self.grads_memory = np.zeros(self.num_parameters, dtype=self.dtype)
+            self.grads_memory = zeros(self.num_parameters, self.dtype)
             self.grads = point_tensors(self.grads_memory, self.shapes)
             self.grads_are_zero = True
 
@@ -717,9 +735,8 @@ class GPT2:
         if self.acts_memory is None:
             raise RuntimeError("call allocate(B, T) before forward")
         B, T = inputs.shape
-        if B > self.max_batch[0] or pos + T > self.max_batch[1]:
-            raise GPT2Error(f"batch ({B}, {pos} + {T}) is larger than the ({self.max_batch[0]}, "
-                            f"{self.max_batch[1]}) allocated")
+        if B > self.capacity[0] or pos + T > self.capacity[1]:
+            raise ValueError(f"batch ({B}, {pos} + {T}) is larger than the {self.capacity} allocated")
         if pos and self.training:
             raise RuntimeError("forward from pos > 0 needs the KV cache of a model allocated without training")
         self.check_tokens(inputs, "input")
@@ -870,13 +887,16 @@ def build_from_descriptor(descriptor):
 
 
 
-def is_model_file(source):
-    return source.endswith(".bin") or os.path.exists(source)
+def is_descriptor(source):
+    """Whether -e names a model shape (dN, gpt2:dN, gpt3:cN, even where a file of that name exists) rather than a
+    file: anything that is neither a path that exists nor a .bin is taken for a descriptor, and refused as one."""
+    return (re.fullmatch(r"(gpt2:)?d[0-9]+|gpt3:c[0-9]+", source) is not None
+            or not (os.path.lexists(source) or source.endswith(".bin")))
 
 
 def model_config(source):
     """The shape of the model -e names, without loading it."""
-    if is_model_file(source):
+    if not is_descriptor(source):
         config = config_from_header(read_header(source, MODEL_MAGIC, (3, 5)))
         check_config(config, source)
         return config
@@ -886,7 +906,7 @@ def model_config(source):
 def load_gpt2(source):
     """The model -e names: an llm.c model file (.bin, its weights), or a shape (d12, gpt2:d12, gpt3:c768)
     initialised as llm.c does. Parameters only: allocate() adds what running it needs."""
-    return load_model(source) if is_model_file(source) else build_from_descriptor(source)
+    return build_from_descriptor(source) if is_descriptor(source) else load_model(source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -921,8 +941,8 @@ class AdamW:
         v for those only (a shard: ZeRO-1, section 9)."""
         self.model, self.beta1, self.beta2, self.eps, self.weight_decay = model, beta1, beta2, eps, weight_decay
         self.start, self.stop = shard or (0, model.num_parameters)
-        self.m_memory = np.zeros(self.stop - self.start, dtype=model.dtype)  # the parameters' layout, start to stop
-        self.v_memory = np.zeros(self.stop - self.start, dtype=model.dtype)
+        self.m_memory = zeros(self.stop - self.start, model.dtype)  # the parameters' layout, from start to stop
+        self.v_memory = zeros(self.stop - self.start, model.dtype)
         self.grads = model.grads_memory[self.start:self.stop]
 
     def update(self, lr, t, grad_scale=1.0):
@@ -1002,13 +1022,6 @@ def read_shard_header(path):
     num_tokens = int(header[2])
     check_file_size(path, HEADER_BYTES + 2 * num_tokens)
     return num_tokens
-
-
-def write_shard(path, tokens):
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2 ** 16):
-        raise GPT2Error(f"{path}: token ids must fit in uint16 (0..65535)")
-    write_atomically(path, [new_header(SHARD_MAGIC, 1, tokens.size), tokens.astype("<u2")])
 
 
 class DataLoader:
@@ -1162,7 +1175,7 @@ def sample_token(logits, V, coin):
 
 
 def printable(text):
-    """Drops control characters but whitespace, as llm.c's safe_printf drops the bytes that are not printable."""
+    """Drops control characters except whitespace, as llm.c's safe_printf drops the bytes that are not printable."""
     return "".join(ch for ch in text if ch.isprintable() or ch in " \t\n\v\f\r")
 
 
@@ -1344,14 +1357,14 @@ class TrainConfig:
     model: str = DEFAULT_MODEL            # -e
     train_data: str = DEFAULT_TRAIN       # -i
     val_data: str = DEFAULT_VAL           # -j
-    output_dir: str = None                # -o
+    output_dir: str | None = None         # -o
     checkpoint_every: int = 0             # -n
     checkpoints_keep: int = 0             # -nk
     resume: int = 0                       # -y
     batch_size: int = 4                   # -b, B
     seq_len: int = 64                     # -t, T
-    total_batch_size: int = None          # -d: B*T unless given
-    max_steps: int = None                 # -x: 40 unless given, or with -d one epoch
+    total_batch_size: int | None = None   # -d: B*T*processes unless given
+    max_steps: int | None = None          # -x: 40 unless given, or with -d one epoch
     learning_rate: float = 1e-4           # -l
     schedule: str = "cosine"              # -k
     warmup: int = 0                       # -u
@@ -1432,14 +1445,22 @@ def parse_args(argv=None):
     for name in ("learning_rate", "final_frac", "weight_decay", "beta1", "beta2", "grad_clip"):
         if not abs(getattr(args, name)) <= float(np.finfo(np.float32).max):  # the optimizer computes in float32
             parser.error(f"--{name.replace('_', '-')} must be a finite float32 number, not {getattr(args, name)}")
-    for name, low, high in (("learning_rate", 0, math.inf), ("beta1", 0, 1), ("beta2", 0, 1), ("final_frac", 0, 1)):
-        value = getattr(args, name)
-        if not (low <= value < high or (name == "final_frac" and value == 1)):
-            parser.error(f"--{name.replace('_', '-')} {value} is outside [{low}, {high})")
+    for name, low, high in (("learning_rate", 0, math.inf), ("beta1", 0, 1), ("beta2", 0, 1)):
+        if not low <= getattr(args, name) < high:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is outside [{low}, {high})")
+    if not 0 <= args.final_frac <= 1:
+        parser.error(f"--final-frac {args.final_frac} is outside [0, 1]")
     for name in ("max_steps", "val_every", "val_max_steps", "sample_every", "checkpoint_every", "checkpoints_keep",
-                 "warmup", "weight_decay", "grad_clip"):
+                 "warmup", "weight_decay", "grad_clip", "total_batch_size"):
         if (getattr(args, name) or 0) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
+        if (getattr(args, name) or 0) >= 2**31:  # a training state keeps them as int32
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is too large: at most {2**31 - 1}")
+    for name in ("model", "train_data", "output_dir"):
+        if getattr(args, name) == "":
+            parser.error(f"--{name.replace('_', '-')} is empty")
+    if args.overfit and not args.val_data:
+        parser.error("-a 1 trains on the validation data: it needs -j")
     if args.sample_every and args.gen_tokens > args.seq_len:
         parser.error(f"--gen-tokens {args.gen_tokens} is more than the sequence length {args.seq_len}")
     tokens_per_micro_batch = args.batch_size * args.seq_len
@@ -1465,19 +1486,22 @@ def complete_settings(args, train_tokens, num_processes):
     return dataclasses.replace(args, total_batch_size=total_batch_size, max_steps=max_steps)
 
 
-# Checkpoints. With -o DIR and -n N, a run writes a checkpoint every N steps, as llm.c's full trainer does:
-# model_%08d.bin (the model file), state_%08d.bin (llm.c's training state: the step, AdamW's m and v, where the data
-# loader is and its shuffle state, the sampling RNG) and last DONE_%08d, an empty file that marks the checkpoint
-# complete. Every file is written to a temporary name and renamed, so a run killed at any moment leaves only whole
-# checkpoints, and -y 1 resumes from the newest one and continues exactly as if it had never stopped.
+# Checkpoints. With -o DIR, a run writes a checkpoint at its last step, and with -n N every N steps, as llm.c's full
+# trainer does: model_%08d.bin (the model file), state_%08d_%05d.bin for each process (llm.c's training state: the
+# step, AdamW's m and v, where the data loader is and its shuffle state, the sampling RNG) and last DONE_%08d, an
+# empty file that marks the checkpoint complete. Every file is written to a temporary name, flushed to the disk and
+# renamed, so a run killed at any moment leaves only whole checkpoints, and -y 1 resumes from the newest one and
+# continues exactly as if it had never stopped.
 
 # What shapes a run's trajectory, kept in header slots llm.c leaves unused, so that resuming with other settings
-# is refused: (slot, flag, argument, type); floats are kept as their float32 bits, the schedule as its index.
+# is refused: (slot, flag, argument, type); floats are kept as their float32 bits, the schedule as its index. Slot
+# 56 holds a fingerprint of the training shards (their names and sizes), so that -i must match them too.
 RUN_SETTINGS = [(40, "-b", "batch_size", int), (41, "-t", "seq_len", int), (42, "-d", "total_batch_size", int),
                 (43, "-x", "max_steps", int), (44, "-u", "warmup", int), (45, "-k", "schedule", str),
-                (46, "-a", "overfit", int), (50, "-l", "learning_rate", float), (51, "-q", "final_frac", float),
-                (52, "-c", "weight_decay", float), (53, "--beta1", "beta1", float), (54, "--beta2", "beta2", float),
-                (55, "--grad-clip", "grad_clip", float), (47, "-z", "zero", int)]
+                (46, "-a", "overfit", int), (47, "-z", "zero", int), (50, "-l", "learning_rate", float),
+                (51, "-q", "final_frac", float), (52, "-c", "weight_decay", float), (53, "--beta1", "beta1", float),
+                (54, "--beta2", "beta2", float), (55, "--grad-clip", "grad_clip", float)]
+DATA_SLOT = 56
 
 
 def encode_setting(value, kind):
@@ -1488,22 +1512,22 @@ def encode_setting(value, kind):
 
 def decode_setting(stored, kind):
     if kind is float:
-        return float(np.int32(stored).view(np.float32))
+        return str(np.int32(stored).view(np.float32))  # the shortest decimal of that float32
     if kind is str:
         return SCHEDULES[stored] if 0 <= stored < len(SCHEDULES) else f"schedule #{stored}"
     return int(stored)
 
 
-def setting_difference(flag, there, now, args):
-    """Why a resume with this setting changed is refused; None for -x where the learning rate does not depend on
-    it (a constant schedule, or no decay: -q 1.0), which lets a run go on for more steps, or end sooner."""
-    if flag == "-x" and (args.schedule == "constant" or args.final_frac == 1.0):
-        print(f"-x {there} there, {now} now: the learning rate does not depend on -x, so the run goes on to step {now}")
-        return None
-    if flag == "-x":
-        return (f"-x {there} there, {now} now (the {args.schedule} schedule decays over the -x steps; only a run "
-                "whose learning rate does not depend on -x, with -k constant or -q 1.0, can be extended)")
-    return f"{flag} {there} there, {now} now"
+def data_fingerprint(loader):
+    """A 32-bit number that changes when the shards' names or sizes do (not when they move to another folder)."""
+    names = "\n".join(f"{os.path.basename(path)} {os.path.getsize(path)}" for path in loader.files)
+    return int(np.uint32(zlib.crc32(names.encode())).view(np.int32))
+
+
+def extends_run(args):
+    """Whether -x may change on resume: where the learning rate does not depend on it (a constant schedule, or no
+    decay, -q 1.0), a run can go on for more steps, or end sooner."""
+    return args.schedule == "constant" or args.final_frac == 1.0
 
 
 def save_state(path, step, optimizer, loader, sample_rng, args, processes):
@@ -1516,6 +1540,7 @@ def save_state(path, step, optimizer, loader, sample_rng, args, processes):
     wide[15], wide[16] = loader.shard_index, loader.sample_index  # [30] shard, [32] next sample in it
     for slot, _, name, kind in RUN_SETTINGS:
         header[slot] = encode_setting(getattr(args, name), kind)
+    header[DATA_SLOT] = data_fingerprint(loader)
     chunks = [header, optimizer.m_memory.astype("<f4"), optimizer.v_memory.astype("<f4")]
     if loader.shuffle:
         chunks += [np.array([len(loader.files)], "<u8"), loader.shard_order.astype("<i4"),
@@ -1524,9 +1549,8 @@ def save_state(path, step, optimizer, loader, sample_rng, args, processes):
     write_atomically(path, chunks)
 
 
-def load_state(path, step, optimizer, loader, sample_rng, args, processes):
-    """Restores AdamW's moments, the data loader and the sampling RNG from the state of checkpoint `step`."""
-    header = read_header(path, STATE_MAGIC, (1,))
+def check_state_header(path, header, step, loader, args, processes):
+    """Refuses a training state that is not of this checkpoint, of this many processes, or of these settings."""
     if header[10] != step:
         raise GPT2Error(f"{path}: holds the state of step {header[10]}, not of step {step} as its name says")
     if header[4]:
@@ -1539,17 +1563,36 @@ def load_state(path, step, optimizer, loader, sample_rng, args, processes):
         raise GPT2Error(f"{path}: data shuffling flag {header[5]} is neither 0 nor 1")
     if not any(header[slot] for slot, *_ in RUN_SETTINGS):  # llm.c writes none of them
         print(f"{path}: no run settings in it (written by llm.c?), so they cannot be compared with this run's")
-        differences = []
-    else:
-        differences = [setting_difference(flag, decode_setting(header[slot], kind), getattr(args, name), args)
-                       for slot, flag, name, kind in RUN_SETTINGS
-                       if header[slot] != encode_setting(getattr(args, name), kind)]
+        return
+    differences = []
+    for slot, flag, name, kind in RUN_SETTINGS:
+        stored = encode_setting(getattr(args, name), kind)
+        if header[slot] == stored:
+            continue
+        there, now = decode_setting(header[slot], kind), decode_setting(stored, kind)
+        if flag == "-x" and extends_run(args):
+            print(f"-x {there} there, {now} now: the learning rate does not depend on -x, so the run goes on to "
+                  f"step {now}")
+        elif flag == "-x":
+            differences.append(f"-x {there} there, {now} now (the {args.schedule} schedule decays over the -x steps; "
+                               "only a run whose learning rate does not depend on -x, with -k constant or -q 1.0, "
+                               "can be extended)")
+        else:
+            differences.append(f"{flag} {there} there, {now} now")
     if header[5] != int(loader.shuffle):
         on_off = ("off", "on")
         differences.append(f"data shuffling {on_off[header[5]]} there, {on_off[int(loader.shuffle)]} now")
-    differences = [difference for difference in differences if difference]
+    if header[DATA_SLOT] != data_fingerprint(loader):
+        differences.append("other training shards (-i) than the run had: their names or sizes differ")
     if differences:
         raise GPT2Error(f"{path}: cannot resume with other settings: " + "; ".join(differences))
+
+
+def load_state(path, step, optimizer, loader, sample_rng, args, processes):
+    """Restores AdamW's moments, the data loader and the sampling RNG from the state of checkpoint `step`, every
+    field checked before it is used."""
+    header = read_header(path, STATE_MAGIC, (1,))
+    check_state_header(path, header, step, loader, args, processes)
     data, offset = np.memmap(path, dtype=np.uint8, mode="r"), HEADER_BYTES
 
     def take(count, dtype):  # the next `count` values of the body
@@ -1665,42 +1708,71 @@ def prune_checkpoints(out_dir, keep):
                 os.remove(os.path.join(out_dir, name))
 
 
-def open_run_directory(args):
-    """Takes -o for this run and returns (a lock held while the run lives, the step to resume from or None).
-
-    A run directory holds one run only. A fresh run (no -y 1) refuses a directory that holds another run's log or
-    checkpoints, so that a resume can never load the files of two runs; a second run writing into the directory
-    at the same time is refused too (the lock). Temporary files that killed writes left are removed."""
-    out_dir = args.output_dir
+def lock_run_directory(out_dir):
+    """Creates out_dir if need be and locks it for this process (released when it ends, however it ends); refuses
+    a directory another run holds."""
+    path = os.path.join(out_dir, ".lock")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, ".lock"), "a+")
+        check_regular_file(path)
+        lock = open(path, "a+")
     except OSError as e:
-        raise GPT2Error(f"{out_dir}: cannot be the output directory: {e.strerror}") from None
+        raise GPT2Error(f"{path}: cannot create: {e.strerror or e}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
         raise GPT2Error(f"{out_dir}: another run (process {lock.read().strip() or '?'}) is writing into it; "
                         "wait for it to end, or give another -o") from None
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    try:
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")  # for the message above
+        lock.flush()
+    except OSError as e:
+        raise GPT2Error(f"{path}: cannot write: {e.strerror}") from None
+    return lock
+
+
+def remove_leftovers(out_dir):
+    """Removes the temporary files of writes that a kill interrupted (their process is gone)."""
     for name in os.listdir(out_dir):
-        if is_temporary_name(name):  # no other run writes here: a leftover of a killed one
+        if is_temporary_name(name) and not process_exists(int(name.rpartition(".tmp")[2])):
             os.remove(os.path.join(out_dir, name))
-    log_path = os.path.join(out_dir, "main.log")
-    check_regular_file(log_path)
-    if not args.resume:
-        previous = sorted(name for name in os.listdir(out_dir) if name == "main.log" or CHECKPOINT_FILE.fullmatch(name))
-        if previous:
-            raise GPT2Error(f"{out_dir}: holds another run ({', '.join(previous[:3])}"
-                            f"{', ...' if len(previous) > 3 else ''}): resume it with -y 1, or give a new or empty -o")
-        return lock, None
-    resume_step = latest_checkpoint(out_dir)
-    if resume_step is None:
-        print(f"no complete checkpoint in {out_dir}: starting from the beginning")
-    return lock, resume_step
+
+
+def process_exists(pid):
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def open_run_directory(args):
+    """Takes -o for this run and returns (a lock held while the run lives, the step to resume from or None).
+
+    A run directory holds one run only. A fresh run (no -y 1) refuses a directory that holds another run's log or
+    checkpoints, so that a resume can never load the files of two runs; a second run writing into the directory
+    at the same time is refused too (the lock)."""
+    out_dir = args.output_dir
+    lock = lock_run_directory(out_dir)
+    remove_leftovers(out_dir)
+    check_regular_file(os.path.join(out_dir, "main.log"))
+    if args.resume:
+        resume_step = latest_checkpoint(out_dir)
+        if resume_step is None:
+            print(f"no complete checkpoint in {out_dir}: starting from the beginning")
+        return lock, resume_step
+    previous = sorted(name for name in os.listdir(out_dir) if name == "main.log" or CHECKPOINT_FILE.fullmatch(name))
+    if previous == ["main.log"]:
+        raise GPT2Error(f"{out_dir}: holds the log of another run, which wrote no checkpoint: -y 1 starts it again "
+                        "from the beginning; or give a new or empty -o")
+    if previous:
+        raise GPT2Error(f"{out_dir}: holds another run ({', '.join(previous[:3])}"
+                        f"{', ...' if len(previous) > 3 else ''}): resume it with -y 1, or give a new or empty -o")
+    return lock, None
 
 
 def resume_run(out_dir, step, optimizer, loader, sample_rng, args, processes):
@@ -1846,8 +1918,8 @@ def train(args, processes):
               f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
               f"{cfg.channels}, num_parameters {model.num_parameters:,}")
         model.allocate(B, T, training=True)  # refuses a T longer than the model's maximum
-        optimizer = AdamW(model, args.beta1, args.beta2, 1e-8, args.weight_decay,
-                          processes.optimizer_shard(model.num_parameters))
+        optimizer = AdamW(model, args.beta1, args.beta2, eps=1e-8, weight_decay=args.weight_decay,
+                          shard=processes.optimizer_shard(model.num_parameters))
     train_loader, val_loader = data_loaders(args, cfg, processes)
     args = complete_settings(args, train_loader.num_tokens, processes.count)
     grad_accum_steps = args.total_batch_size // (B * T * processes.count)
@@ -1873,8 +1945,10 @@ def train(args, processes):
     training_time = 0.0
     for step in range(start_step, args.max_steps + 1):
         last_step = step == args.max_steps
-        # a resumed run's first step had its validation, sample and checkpoint before the checkpoint was written
-        if not (resume_step is not None and step == start_step):
+        if interrupted:  # a Ctrl-C that numba's callbacks swallowed (see on_interrupt)
+            raise KeyboardInterrupt
+        resumed_here = resume_step is not None and step == start_step  # then the run being resumed did these:
+        if not resumed_here:
             if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
                 val_loss = validation_loss(model, val_loader, args.val_max_steps, processes)
                 if not math.isfinite(val_loss):
@@ -1882,8 +1956,9 @@ def train(args, processes):
                 print(f"val loss {val_loss:f}")
                 append_log(out_dir, f"s:{step} tel:{val_loss:.4f}\n")
             if tokenizer and ((step > 0 and step % args.sample_every == 0) or last_step):
+                pieces, eot = tokenizer
                 print("generating:\n---")
-                generate(model, *tokenizer, sample_rng, args.gen_tokens)
+                generate(model, pieces, eot, sample_rng, args.gen_tokens)
                 print("\n---")
             if out_dir and ((args.checkpoint_every and step > 0 and step % args.checkpoint_every == 0)
                             or last_step):  # with -o, the trained model is never thrown away
@@ -1907,8 +1982,23 @@ def train(args, processes):
     print(f"total time {time.perf_counter() - started:.1f} s")
 
 
+interrupted = False  # set by on_interrupt
+
+
+def on_interrupt(signum, frame):
+    """Ctrl-C: a KeyboardInterrupt, as Python's own handler raises; and a note of it, for where the exception is
+    lost: raised inside a callback that numba's compiler makes from C, it is printed and ignored."""
+    global interrupted
+    interrupted = True
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     rank = 0
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is still printed
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
         args = parse_args(argv)
         processes = Processes.start(args.zero)
@@ -1919,12 +2009,14 @@ def main(argv=None):
             train(args, processes)
     except (GPT2Error, OSError, MemoryError, ImportError) as e:  # bad input, a full disk, too big a model, ...
         if rank == 0:
-            print(f"error: {e or type(e).__name__}", file=sys.stderr)
+            print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if rank == 0:
             print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     return 0
 
 

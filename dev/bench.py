@@ -42,6 +42,9 @@ import time
 from importlib import metadata
 from types import SimpleNamespace
 
+if __name__ == "__main__" and not __package__:  # run as a file, where `import dev` cannot work
+    sys.exit("error: run it from the repository's root, as a module: python -m dev.bench")
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR, BETA1, BETA2, EPS, WEIGHT_DECAY = 1e-4, 0.9, 0.999, 1e-8, 0.0
 THREAD_VARS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -62,7 +65,7 @@ def random_batch(np, seed, V, B, T, dtype):
 
 def install_profiler(tg, model):
     """Replaces train_gpt2's kernels, module globals that the model looks up at each call, by timed wrappers:
-    every numba dispatcher, and every Python function calling one or np.matmul (matmul_forward, adamw_update...).
+    every numba dispatcher, and every Python function calling one or np.matmul (matmul_forward, gradient_norm...).
     A dispatcher called from inside another compiled kernel is left alone: its time is its caller's. Times are
     also kept exclusive of the timed calls inside (matmul_forward's own time is then BLAS's, not bias_forward's)."""
     import inspect

@@ -18,7 +18,9 @@ LINE = re.compile(r"^s:(\d+) (trl|tel):(\S+)")
 def parse_log(path):
     """Returns ({step: train loss}, {step: val loss}) from a main.log; later lines win, as after a resume."""
     train, val = {}, {}
-    with open(path) as f:
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would make open() wait forever
+        raise ValueError(f"{path}: not a regular file")
+    with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -27,6 +29,8 @@ def parse_log(path):
                 raise ValueError(f"{path}:{number}: not a main.log line: {line.strip()!r}")
             step, kind, value = int(match[1]), match[2], float(match[3])
             (train if kind == "trl" else val)[step] = value
+    if not train and not val:
+        raise ValueError(f"{path}: no losses in it")
     return train, val
 
 

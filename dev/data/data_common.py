@@ -12,7 +12,7 @@ surrogate escape in JSON) are skipped, counted, and reported at the end with whe
 Tokenizing runs in a pool of worker processes (--workers; 1 tokenizes in this process), a bounded number of
 batches in flight, their results taken in order, so the output never depends on the number of workers.
 
-Resuming. Every shard is written atomically (train_gpt2.write_shard) and read back (read_shard_header). Then
+Resuming. Every shard is written atomically (write_shard) and read back (read_shard_header). Then
 the record <name>.progress.json in the output directory is rewritten, atomically too, with the shard's file
 name, its number of tokens, the counts so far, and where the next shard starts: [unit, document within the
 unit, token offset within that document]. A rerun with the same inputs (paths, sizes, modification times) and
@@ -37,7 +37,8 @@ from collections import deque
 
 import numpy as np
 
-from train_gpt2 import EOT_TOKEN, GPT2Error, gpt2_encoding, read_shard_header, write_atomically, write_shard
+from train_gpt2 import (EOT_TOKEN, SHARD_MAGIC, GPT2Error, gpt2_encoding, new_header, read_shard_header,
+                        write_atomically)
 
 MAX_SHARD_TOKENS = 2 ** 31 - 1  # a shard's header counts its tokens in an int32
 BATCH_CHARS = 1 << 20           # text sent to a worker at a time...
@@ -45,6 +46,14 @@ BATCH_DOCS = 4096               # ...or at most this many documents
 EMPTY, UNDECODABLE = -1, -2     # a document's token count in tokenize_texts' answer when it has no tokens
 PROBLEMS = {"empty": "empty", "undecodable": "not valid UTF-8"}
 EXAMPLES_KEPT = 3               # where the first few skipped documents of each kind are, for the report
+
+
+def write_shard(path, tokens):
+    """llm.c's token shard: header [2] the number of tokens, then the tokens as uint16 (read by the trainer)."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2 ** 16):
+        raise GPT2Error(f"{path}: token ids must fit in uint16 (0..65535)")
+    write_atomically(path, [new_header(SHARD_MAGIC, 1, tokens.size), tokens.astype("<u2")])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ import argparse
 import os
 import sys
 
+if __name__ == "__main__" and not __package__:  # run as a file, where `import dev` cannot work
+    sys.exit("error: run it from the repository's root, as a module: python -m dev.data.fineweb")
+
 from dev.data import data_common
 from dev.data.data_common import GPT2Error
 

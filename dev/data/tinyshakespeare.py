@@ -15,6 +15,9 @@ import os
 import sys
 import urllib.request
 
+if __name__ == "__main__" and not __package__:  # run as a file, where `import dev` cannot work
+    sys.exit("error: run it from the repository's root, as a module: python -m dev.data.tinyshakespeare")
+
 import numpy as np
 
 import train_gpt2
@@ -49,8 +52,8 @@ def prepare_tinyshakespeare(out_dir=train_gpt2.TINYSHAKESPEARE_DIR, input_path=N
     text = "<|endoftext|>" + text.replace("\n\n", "\n\n<|endoftext|>")
     tokens = np.array(encoding.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.uint16)
     paths = [os.path.join(out_dir, f"tiny_shakespeare_{split}.bin") for split in ("val", "train")]
-    train_gpt2.write_shard(paths[0], tokens[:32768])
-    train_gpt2.write_shard(paths[1], tokens[32768:])
+    data_common.write_shard(paths[0], tokens[:32768])
+    data_common.write_shard(paths[1], tokens[32768:])
     print(f"wrote {paths[0]} ({min(32768, tokens.size)} tokens) and {paths[1]} ({max(0, tokens.size - 32768)} tokens)")
     return paths
 
