@@ -1275,8 +1275,8 @@ class Processes:
     def reduce_scatter(self, x):
         """Sums x over the processes into each process's slice of it, around a ring: at exchange k, process r sends
         its running sum of slice r-k-1 to process r+1 and adds what r-1 sends of slice r-k-2 to its own; after N-1
-        exchanges its slice r holds the sum of all. (Open MPI's Reduce_scatter took 3 times its Allreduce's time
-        here, and a temporary buffer the size of x.) The other slices of x are left holding partial sums."""
+        exchanges its slice r holds the sum of all. (Open MPI's own Reduce_scatter was several times slower here,
+        and took a temporary buffer the size of x.) The other slices of x are left holding partial sums."""
         shards, rank, count = self.shards(x.size), self.rank, self.count
         if getattr(self, "received", None) is None:  # allocated once: fresh pages every step cost their faults
             self.received = np.empty(max(stop - start for start, stop in shards), dtype=x.dtype)
