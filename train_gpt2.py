@@ -89,14 +89,19 @@ def check_regular_file(path):
         raise GPT2Error(f"{path}: not a regular file")
 
 
-def read_header(path, magic, versions):
-    """Reads and checks the 256-int header of an llm.c file; returns it as an int32 array."""
+def read_file(path, size=-1):
+    """The first `size` bytes of a file (default: all of them), or one line saying why not."""
     check_regular_file(path)
     try:
         with open(path, "rb") as f:
-            raw = f.read(HEADER_BYTES)
+            return f.read(size)
     except OSError as e:
         raise GPT2Error(f"{path}: cannot open: {e.strerror}") from None
+
+
+def read_header(path, magic, versions):
+    """Reads and checks the 256-int header of an llm.c file; returns it as an int32 array."""
+    raw = read_file(path, HEADER_BYTES)
     if len(raw) < HEADER_BYTES:
         raise GPT2Error(f"{path}: truncated: {len(raw)} bytes, less than the {HEADER_BYTES}-byte header")
     header = np.frombuffer(raw, dtype="<i4")
@@ -874,12 +879,8 @@ def hf_folder(source):
 def config_from_hf(folder):
     """The model shape in a Hugging Face GPT-2's config.json; another architecture is refused."""
     path = os.path.join(folder, "config.json")
-    check_regular_file(path)
     try:
-        with open(path, "rb") as f:
-            hf = json.load(f)
-    except OSError as e:
-        raise GPT2Error(f"{path}: cannot open: {e.strerror}") from None
+        hf = json.loads(read_file(path))
     except ValueError as e:
         raise GPT2Error(f"{path}: not JSON ({e})") from None
     if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
@@ -1225,8 +1226,7 @@ def gpt2_encoding_offline():
     from tiktoken_ext.openai_public import r50k_pat_str
     paths = {name: os.path.join(BPE_FILES_DIR, name) for name in BPE_FILES_SHA256}
     for name, path in paths.items():
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        digest = hashlib.sha256(read_file(path)).hexdigest()
         if digest != BPE_FILES_SHA256[name]:
             raise GPT2Error(f"{path}: sha256 {digest} is not GPT-2's {BPE_FILES_SHA256[name]}")
     ranks = data_gym_to_mergeable_bpe_ranks(paths["vocab.bpe"], paths["encoder.json"])
@@ -1249,8 +1249,7 @@ def read_tokenizer(path):
     eot = int(header[3]) if header[1] == 2 else EOT_TOKEN
     if not 0 <= eot < num_tokens:
         raise GPT2Error(f"{path}: EOT token id {eot} is out of range for its {num_tokens} tokens")
-    with open(path, "rb") as f:
-        data = f.read()[HEADER_BYTES:]
+    data = read_file(path)[HEADER_BYTES:]
     pieces, offset = [], 0
     for _ in range(num_tokens):
         if offset >= len(data) or offset + 1 + data[offset] > len(data):
