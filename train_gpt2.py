@@ -945,7 +945,8 @@ GPT3_SHAPES = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048
 def config_from_descriptor(descriptor):
     match = re.fullmatch(r"(gpt2:)?d([0-9]+)|gpt3:c([0-9]+)", descriptor)
     if not match:
-        raise GPT2Error(f"unknown model descriptor {descriptor!r}: expected a .bin file, dN, gpt2:dN or gpt3:cN")
+        raise GPT2Error(f"unknown model descriptor {descriptor!r}: expected an llm.c .bin file, a Hugging Face GPT-2 "
+                        "(a hub name or a folder), dN, gpt2:dN or gpt3:cN")
     number = match[2] or match[3]
     if match[3]:
         if int(number) not in GPT3_SHAPES:
