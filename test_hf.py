@@ -157,10 +157,15 @@ def test_training_from_the_folder_is_training_from_its_llmc_file(tmp_path, monke
     ("shape", "transformer.wte.weight is (50, 8), not (50, 7)"),
     ("no tensor", "no tensor transformer.ln_f.bias"),
     ("damaged", "cannot read it as safetensors"),
+    ("layer-scaled attention", "a GPT-2 this trainer cannot run: scale_attn_by_inverse_layer_idx True"),
+    ("extra tensor", "tensors that its config.json has no place for: transformer.h.2.ln_1.weight"),
+    ("sharded", "split over several files (model.safetensors.index.json)"),
+    ("bfloat16", "bfloat16 weights (transformer."),
 ])
 def test_what_is_not_a_gpt2_it_can_load_is_refused(tmp_path, capsys, case, fragment):
     changes = {"not gpt2": {"model_type": "llama"}, "activation": {"activation_function": "relu"},
-               "shape": {"n_embd": 7, "n_head": 1}}.get(case, {})
+               "shape": {"n_embd": 7, "n_head": 1},
+               "layer-scaled attention": {"scale_attn_by_inverse_layer_idx": True}}.get(case, {})
     folder, tensors = hf_gpt2_folder(tmp_path / "hf", lm_head=case == "untied", **changes)
     weights = os.path.join(folder, "model.safetensors")
     if case == "no safetensors":
@@ -176,6 +181,24 @@ def test_what_is_not_a_gpt2_it_can_load_is_refused(tmp_path, capsys, case, fragm
     elif case == "damaged":
         with open(weights, "r+b") as f:
             f.truncate(300)
+    elif case == "extra tensor":
+        tensors = load_file(weights)
+        tensors["transformer.h.2.ln_1.weight"] = np.ones(C, np.float32)
+        save_file(tensors, weights)
+    elif case == "sharded":
+        os.replace(weights, os.path.join(folder, "model-00001-of-00001.safetensors"))
+        with open(weights + ".index.json", "w") as f:
+            json.dump({"weight_map": {}}, f)
+    elif case == "bfloat16":  # safetensors' numpy API writes no bfloat16: the file's layout, written out
+        tensors = load_file(weights)
+        header, body, offset = {}, b"", 0
+        for name, value in tensors.items():
+            data = (value.view(np.uint32) >> 16).astype("<u2").tobytes()
+            header[name] = {"dtype": "BF16", "shape": list(value.shape), "data_offsets": [offset, offset + len(data)]}
+            body, offset = body + data, offset + len(data)
+        encoded = json.dumps(header).encode()
+        with open(weights, "wb") as f:
+            f.write(len(encoded).to_bytes(8, "little") + encoded + body)
     code, out, err = run_main(["-e", folder, "-i", "x.bin", "-s", "0"], capsys)
     assert code == 1 and err.count("\n") == 1 and fragment in err, err
 
@@ -194,8 +217,8 @@ def test_a_hub_name_is_downloaded_through_huggingface_hub(tmp_path, monkeypatch,
     monkeypatch.setattr(huggingface_hub, "snapshot_download", stand_in)
     assert g.load_gpt2("someone/tiny-gpt2").config.vocab_size == V
     assert calls == [("someone/tiny-gpt2", ["config.json", "model.safetensors"])]  # never a pickled checkpoint
-    with pytest.raises(g.GPT2Error, match="-e someone/missing: cannot get it from the Hugging Face hub "
-                                          r"\(LocalEntryNotFoundError: someone/missing is not in the cache\)"):
+    with pytest.raises(g.GPT2Error, match="someone/missing: no such folder here, and cannot get it from the Hugging "
+                                          r"Face hub \(LocalEntryNotFoundError: someone/missing is not in the cache\)"):
         g.load_gpt2("someone/missing")
 
 
@@ -224,3 +247,24 @@ def test_the_default_run_fine_tunes_gpt2_or_says_how_to_get_it(tmp_path, monkeyp
         else:
             assert (model, loaded) == ("gpt2", ["gpt2"])
             assert "gpt2_124M.bin not found: fine-tuning OpenAI's GPT-2 124M from the Hugging Face hub (gpt2)" in out
+
+
+def test_equivalent_spellings_of_gpt2_load(tmp_path):
+    # n_inner 4*n_embd is the default it spells out; gelu_pytorch_tanh is GELU's same tanh approximation
+    folder, tensors = hf_gpt2_folder(tmp_path / "hf", n_inner=4 * C, activation_function="gelu_pytorch_tanh")
+    tokens = np.random.default_rng(3).integers(0, V, (1, MAX_T), dtype=np.int32)
+    np.testing.assert_allclose(forward_logits(g.load_gpt2(folder), tokens), numpy_gpt2_logits(tensors, tokens),
+                               rtol=0, atol=1e-4)
+
+
+def test_export_refuses_a_file_and_leaves_nothing_behind(tmp_path, capsys):
+    folder, _ = hf_gpt2_folder(tmp_path / "hf")
+    assert hf_gpt2.main(["import", folder, "-o", str(tmp_path / "model.bin")]) == 0
+    (tmp_path / "a_file").write_text("")
+    assert hf_gpt2.main(["export", str(tmp_path / "model.bin"), "-o", str(tmp_path / "a_file")]) == 1
+    assert "a_file: not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert hf_gpt2.main(["export", str(tmp_path / "model.bin"), "-o", str(tmp_path / "empty") + "/."]) == 0
+    assert "no tokenizer files: a vocabulary of 50 tokens is not GPT-2's" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "empty")) == ["config.json", "model.safetensors"]
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import train_gpt2 as g
-from conftest import FIXTURE_MODEL, HERE, read_log, trainer_args
+from conftest import FIXTURE_MODEL, HERE, read_log, trainer_args, write_tokens
 
 TRAINER = os.path.join(HERE, "train_gpt2.py")
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -165,3 +165,25 @@ def test_the_ring_reduce_scatter_with_three_processes(tmp_path):
     lines = sorted(line.split() for line in result.stdout.splitlines())
     assert [line[:3] for line in lines] == [["0", "0", "334"], ["1", "334", "668"], ["2", "668", "1001"]]
     assert all(float(line[3]) < 1e-12 for line in lines)
+
+
+def test_a_failure_on_one_process_alone_ends_the_job(run_dir):
+    # one machine's copy of the data is damaged: process 1 alone fails, outside any exchange; MPI ends the job
+    # with its line, rather than let process 0 wait for it forever
+    bad = write_tokens(run_dir / "bad.bin", np.concatenate([np.arange(100), [700], np.arange(300)]))
+    argv = settings(run_dir, run_dir / "out", 4)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    damaged = [bad if arg == str(run_dir / "train_*.bin") else arg for arg in argv]
+    result = subprocess.run([MPIRUN, "--oversubscribe", "-np", "1", sys.executable, TRAINER, *argv, ":",
+                             "-np", "1", sys.executable, TRAINER, *damaged], cwd=run_dir, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: process 1: {bad}: token id 700 at token 100 is out of range for vocab size 500"]
+
+
+def test_a_bad_flag_is_told_once(run_dir):
+    result = run(run_dir, settings(run_dir, run_dir / "out", 4)[:-2] + ["-d", "24"], processes=2)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: -d 24 must be a positive multiple of B*T = 32 (see train_gpt2.py --help)"]

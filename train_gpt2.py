@@ -80,7 +80,12 @@ STATE_MAGIC = 20240527  # the training state of llm.c's full trainer
 
 
 class GPT2Error(Exception):
-    """Bad input: main() prints the message as one line and exits with status 1."""
+    """Bad input: main() prints the message as one line and exits with status 1. With many processes (section 9),
+    every_process says that each of them raised it alike, so that they all stop without aborting the job."""
+
+    def __init__(self, message, every_process=False):
+        super().__init__(message)
+        self.every_process = every_process
 
 
 def check_regular_file(path):
@@ -872,8 +877,8 @@ def hf_folder(source):
     try:  # the hub's cache, resumed downloads, HF_HUB_OFFLINE and HF_ENDPOINT are huggingface_hub's
         return huggingface_hub.snapshot_download(source, allow_patterns=["config.json", "model.safetensors"])
     except Exception as e:  # it raises its own errors, and its HTTP client's
-        raise GPT2Error(f"-e {source}: cannot get it from the Hugging Face hub ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise GPT2Error(f"{source}: no such folder here, and cannot get it from the Hugging Face hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def config_from_hf(folder):
@@ -886,13 +891,14 @@ def config_from_hf(folder):
     if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
         found = hf.get("model_type") if isinstance(hf, dict) else None
         raise GPT2Error(f"{path}: not a GPT-2 (model_type {found!r}, not 'gpt2')")
-    unlike = {key: hf.get(key) for key, expected in (("activation_function", "gelu_new"), ("n_inner", None),
-                                                     ("layer_norm_epsilon", 1e-5), ("scale_attn_weights", True))
-              if hf.get(key, expected) != expected}
-    if unlike or not all(isinstance(hf.get(key), int) for key in ("n_positions", "vocab_size", "n_layer", "n_head",
-                                                                  "n_embd")):
-        raise GPT2Error(f"{path}: a GPT-2 this trainer cannot run: " + (", ".join(f"{k} {v}" for k, v in unlike.items())
-                                                                        or "its sizes are not integers"))
+    if not all(isinstance(hf.get(key), int) for key in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")):
+        raise GPT2Error(f"{path}: a GPT-2 this trainer cannot run: its sizes are not integers")
+    expected = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"),  # both GELU's tanh approximation
+                "n_inner": (None, 4 * hf["n_embd"]), "layer_norm_epsilon": (1e-5,), "scale_attn_weights": (True,),
+                "scale_attn_by_inverse_layer_idx": (False,), "reorder_and_upcast_attn": (False,)}
+    unlike = {key: hf[key] for key, values in expected.items() if key in hf and hf[key] not in values}
+    if unlike:
+        raise GPT2Error(f"{path}: a GPT-2 this trainer cannot run: " + ", ".join(f"{k} {v}" for k, v in unlike.items()))
     V = hf["vocab_size"]
     config = GPT2Config(max_seq_len=hf["n_positions"], vocab_size=V, padded_vocab_size=(V + 127) // 128 * 128,
                         num_layers=hf["n_layer"], num_heads=hf["n_head"], channels=hf["n_embd"])
@@ -905,6 +911,9 @@ def load_hf(folder):
     from safetensors import SafetensorError, safe_open
     config, path = config_from_hf(folder), os.path.join(folder, "model.safetensors")
     check_regular_file(path)
+    if os.path.exists(path + ".index.json"):
+        raise GPT2Error(f"{path}: split over several files (model.safetensors.index.json), which this trainer does "
+                        "not read: save the model with a max_shard_size larger than it")
     if not os.path.exists(path):
         raise GPT2Error(f"{path}: missing (weights are read from safetensors only, never from a pickled "
                         "pytorch_model.bin)")
@@ -913,6 +922,15 @@ def load_hf(folder):
         with safe_open(path, framework="np") as f:
             names = set(f.keys())
             prefix = "transformer." if "transformer.wte.weight" in names else ""
+            known = {prefix + name.format(l) for name in HF_NAMES.values() for l in range(config.num_layers)}
+            unknown = sorted(name for name in names - known - {"lm_head.weight"}  # and the causal masks of old saves:
+                             if not re.fullmatch(re.escape(prefix) + r"h\.[0-9]+\.attn\.(masked_)?bias", name))
+            if unknown:
+                raise GPT2Error(f"{path}: tensors that its config.json has no place for: {', '.join(unknown[:3])}")
+            bfloat16 = [name for name in names if f.get_slice(name).get_dtype() == "BF16"]
+            if bfloat16:
+                raise GPT2Error(f"{path}: bfloat16 weights ({bfloat16[0]}...), which safetensors' numpy API cannot "
+                                "read: save the model in float32 or float16")
 
             def tensor(name):
                 if prefix + name not in names:
@@ -989,11 +1007,15 @@ def model_kind(source):
     refused then as an unknown one."""
     if re.fullmatch(r"(gpt2:)?d[0-9]+|gpt3:c[0-9]+", source):
         return "shape"
+    if source.endswith(".safetensors"):
+        raise GPT2Error(f"{source}: give -e the folder that holds it and its config.json")
     if os.path.isdir(source):
         return "hf"
     if os.path.lexists(source) or source.endswith(".bin"):
         return "llm.c"
-    return "hf" if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", source) else "shape"
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", source):
+        return "hf"
+    return "llm.c" if "/" in source or source.startswith(".") else "shape"  # a path, then: "cannot open"
 
 
 def model_config(source):
@@ -1316,6 +1338,10 @@ def launched_processes():
     return int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE") or 1)
 
 
+def launched_rank():
+    return int(os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or 0)
+
+
 class Processes:
     def __init__(self, zero=False, comm=None):
         self.comm, self.zero = comm, zero
@@ -1355,7 +1381,7 @@ class Processes:
         if self.comm:
             failed = next((message for message in self.comm.allgather(error and str(error)) if message), None)
             if failed:
-                raise GPT2Error(failed) from None
+                raise GPT2Error(failed, every_process=True) from None
         elif error:
             raise error
 
@@ -1435,11 +1461,11 @@ def train_step(model, optimizer, next_batch, grad_accum_steps, lr, step, grad_cl
         model.backward(loss_scale=1.0 / (grad_accum_steps * processes.count))  # processes: the mean of all rows
     loss = processes.average(loss)  # processes
     if not math.isfinite(loss):
-        raise GPT2Error(f"the training loss is {loss} at step {step}: the run diverged (lower -l?)")
+        raise GPT2Error(f"the training loss is {loss} at step {step}: the run diverged (lower -l?)", True)
     processes.sum_gradients(model, optimizer)  # processes: one all-reduce (or reduce-scatter) per step
     norm = processes.gradient_norm(optimizer)
     if not math.isfinite(norm):
-        raise GPT2Error(f"the gradient norm is {norm} at step {step}: the run diverged (lower -l?)")
+        raise GPT2Error(f"the gradient norm is {norm} at step {step}: the run diverged (lower -l?)", True)
     grad_scale = grad_clip / norm if 0 < grad_clip < norm else 1.0
     optimizer.update(lr, step + 1, grad_scale)
     processes.gather_parameters(model)  # processes: with ZeRO-1, every process's updated slice to every process
@@ -1488,8 +1514,8 @@ class TrainConfig:
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
-        """A bad flag: one line, and exit status 2, as for any usage error."""
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        """A bad flag: one line (from rank 0 only, under mpirun), and exit status 2, as for any usage error."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n" if launched_rank() == 0 else None)
 
 
 def parse_args(argv=None):
@@ -1499,9 +1525,10 @@ def parse_args(argv=None):
                     "(train_gpt2.c): GPT-2 124M on Tiny Shakespeare, which is prepared if absent.")
     add = parser.add_argument
     add("-e", "--model", metavar="MODEL",
-        help="llm.c model checkpoint (.bin) to start from, or a model shape to train from scratch: dN / gpt2:dN "
-             "(GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels) (default: %(default)s if it is "
-             "there, else d12)")
+        help="llm.c model checkpoint (.bin) to start from; or a Hugging Face GPT-2, by its name on the hub (gpt2, "
+             "gpt2-medium, owner/name) or a folder with config.json and model.safetensors; or a model shape to "
+             "train from scratch: dN / gpt2:dN (GPT-2 with N layers, e.g. d12) or gpt3:cN (GPT-3 with N channels) "
+             "(default: %(default)s if it is there, else GPT-2 124M from the hub, gpt2, else offline d12)")
     add("-i", "--train-data", metavar="PATTERN", help="glob pattern of training token shards (default: %(default)s)")
     add("-j", "--val-data", metavar="PATTERN",
         help="glob pattern of validation token shards, '' for none (default: %(default)s)")
@@ -2066,7 +2093,7 @@ def train(args, processes):
             if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
                 val_loss = validation_loss(model, val_loader, args.val_max_steps, processes)
                 if not math.isfinite(val_loss):
-                    raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged")
+                    raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged", True)
                 print(f"val loss {val_loss:f}")
                 append_log(out_dir, f"s:{step} tel:{val_loss:.4f}\n")
             if tokenizer and ((step > 0 and step % args.sample_every == 0) or last_step):
@@ -2108,7 +2135,7 @@ def on_interrupt(signum, frame):
 
 
 def main(argv=None):
-    rank = 0
+    processes = ONE_PROCESS
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is still printed
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -2116,18 +2143,25 @@ def main(argv=None):
     try:
         args = parse_args(argv)
         processes = Processes.start(args.zero)
-        rank = processes.rank
-        if rank != 0:  # only rank 0 prints, errors included: what fails on one process fails on all (together())
+        if processes.rank != 0:  # only rank 0 prints, and the errors that every process raised alike
             sys.stdout = open(os.devnull, "w")
+        if args.zero and processes.count == 1:
+            print("-z 1: ZeRO-1 splits AdamW's state over the processes of an mpirun; one process keeps it whole")
         with np.errstate(all="ignore"):  # a run that diverges is told in one line, by the checks of the loss and norm
             train(args, processes)
     except (GPT2Error, OSError, MemoryError, ImportError) as e:  # bad input, a full disk, too big a model, ...
-        if rank == 0:
-            print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
+        alike = getattr(e, "every_process", False)
+        if processes.rank == 0 or not alike:
+            where = f"process {processes.rank}: " if processes.rank else ""
+            print(f"error: {where}{str(e) or type(e).__name__}", file=sys.stderr, flush=True)
+        if processes.count > 1 and not alike:  # the others would wait for this one forever: MPI ends them all
+            processes.comm.Abort(1)
         return 1
     except KeyboardInterrupt:
-        if rank == 0:
-            print("interrupted", file=sys.stderr)
+        if processes.rank == 0:
+            print("interrupted", file=sys.stderr, flush=True)
+        if processes.count > 1:
+            processes.comm.Abort(130)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous_handler)

@@ -75,29 +75,41 @@ def hf_tensors(model):
 
 
 def export_model(path, out_dir):
-    from safetensors.numpy import save_file
     model = tg.load_model(path)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
+    out_dir = os.path.normpath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise tg.GPT2Error(f"{out_dir}: not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise tg.GPT2Error(f"{out_dir}: not empty; export into a new or empty folder")
-    tmp = out_dir.rstrip("/") + f".tmp{os.getpid()}"
-    os.makedirs(tmp, exist_ok=True)
+    tmp = f"{out_dir}.tmp{os.getpid()}"  # renamed to out_dir once whole
+    try:
+        write_export(model, tmp)
+        if os.path.exists(out_dir):
+            os.rmdir(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {out_dir}: {', '.join(sorted(os.listdir(out_dir)))}")
+    if model.config.vocab_size != tg.EOT_TOKEN + 1:
+        print(f"(no tokenizer files: a vocabulary of {model.config.vocab_size} tokens is not GPT-2's)")
+
+
+def write_export(model, tmp):
+    from safetensors.numpy import save_file
+    os.makedirs(tmp)
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(model.config), f, indent=2)
     save_file(hf_tensors(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     if model.config.vocab_size == tg.EOT_TOKEN + 1:  # GPT-2's vocabulary: its tokenizer too
         with open(os.path.join(tg.BPE_FILES_DIR, "encoder.json"), "rb") as f:
             vocab = json.load(f)
-        with open(os.path.join(tmp, "vocab.json"), "w") as f:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
             json.dump(vocab, f, ensure_ascii=False)
         shutil.copyfile(os.path.join(tg.BPE_FILES_DIR, "vocab.bpe"), os.path.join(tmp, "merges.txt"))
         with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
             json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.max_seq_len,
                        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                        "add_prefix_space": False}, f, indent=2)
-    if os.path.exists(out_dir):
-        os.rmdir(out_dir)
-    os.replace(tmp, out_dir)
-    print(f"wrote {out_dir}: {', '.join(sorted(os.listdir(out_dir)))}")
 
 
 def our_logits(model, tokens):
