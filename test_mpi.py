@@ -60,6 +60,9 @@ def test_two_processes_train_as_one_with_twice_the_rows(run_dir, zero, accumulat
         assert len(got) == len(expected) > 2
         np.testing.assert_allclose(got, expected, rtol=0, atol=LOSS_TOLERANCE)
     assert ("(ZeRO-1: 1/2 of it)" in two.stdout) == (zero == "1")
+    # rank 0 alone writes main.log: the same lines as the single process's, each once
+    assert [line.split(":")[:2] for line in read_log(run_dir / "two").splitlines()] == \
+        [line.split(":")[:2] for line in read_log(run_dir / "one").splitlines()]
     # one model file and a training state for each process, which holds its half of AdamW's state with ZeRO-1
     files = sorted(os.listdir(run_dir / "two"))
     assert [name for name in files if name.startswith("state_")] == ["state_00000006_00000.bin",

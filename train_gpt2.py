@@ -1801,7 +1801,8 @@ def write_checkpoint(out_dir, step, model, optimizer, loader, sample_rng, args, 
         if processes.rank == 0:
             write_atomically(done_path, [])
             prune_checkpoints(out_dir, args.checkpoints_keep)
-    print(f"wrote checkpoint {model_path}, {state_path}" + (f" and {processes.count - 1} more training states"
+    print(f"wrote checkpoint {model_path}, {state_path}" + (f" and the training states of the other "
+                                                             f"{processes.count - 1} process(es)"
                                                              if processes.count > 1 else ""))
 
 
@@ -2047,6 +2048,7 @@ def load_kernels():
 def train(args, processes):
     started = time.perf_counter()
     B, T, out_dir, rank = args.batch_size, args.seq_len, args.output_dir, processes.rank
+    log_dir = out_dir if rank == 0 else None  # rank 0 writes main.log
     run_lock = resume_step = None  # the lock on -o is held while run_lock lives
     with processes.together():  # rank 0 opens the run directory; the others learn from it where the run starts
         if out_dir and rank == 0:
@@ -2095,7 +2097,7 @@ def train(args, processes):
                 if not math.isfinite(val_loss):
                     raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged", True)
                 print(f"val loss {val_loss:f}")
-                append_log(out_dir, f"s:{step} tel:{val_loss:.4f}\n")
+                append_log(log_dir, f"s:{step} tel:{val_loss:.4f}\n")
             if tokenizer and ((step > 0 and step % args.sample_every == 0) or last_step):
                 pieces, eot = tokenizer
                 print("generating:\n---")
@@ -2119,7 +2121,7 @@ def train(args, processes):
         eta = training_time / (step + 1 - start_step) * (args.max_steps - step - 1)
         print(f"step {step}: train loss {loss:f} (took {took * 1000:.0f} ms) | norm {norm:.4f} | lr {lr:.2e} | "
               f"{args.total_batch_size / took:.0f} tok/s | ETA {format_duration(eta)}", flush=True)
-        append_log(out_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
+        append_log(log_dir, f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}\n")
     print(f"total time {time.perf_counter() - started:.1f} s")
 
 
