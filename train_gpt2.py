@@ -1346,6 +1346,7 @@ class Processes:
     def __init__(self, zero=False, comm=None):
         self.comm, self.zero = comm, zero
         self.rank, self.count = (comm.rank, comm.size) if comm else (0, 1)
+        self.received = None  # reduce_scatter's buffer
 
     @classmethod
     def start(cls, zero):
@@ -1409,7 +1410,7 @@ class Processes:
         exchanges its slice r holds the sum of all. (Open MPI's own Reduce_scatter was several times slower here,
         and took a temporary buffer the size of x.) The other slices of x are left holding partial sums."""
         shards, rank, count = self.shards(x.size), self.rank, self.count
-        if getattr(self, "received", None) is None:  # allocated once: fresh pages every step cost their faults
+        if self.received is None:  # allocated once: fresh pages every step cost their faults
             self.received = np.empty(max(stop - start for start, stop in shards), dtype=x.dtype)
         received = self.received
         for k in range(count - 1):
@@ -1428,9 +1429,10 @@ class Processes:
     def all_gather(self, x):
         """Each process's slice of x to every process."""
         from mpi4py import MPI
+        from mpi4py.util.dtlib import from_numpy_dtype
         shards = self.shards(x.size)
         counts, starts = [stop - start for start, stop in shards], [start for start, _ in shards]
-        self.comm.Allgatherv(MPI.IN_PLACE, [x, counts, starts, MPI._typedict[x.dtype.char]])
+        self.comm.Allgatherv(MPI.IN_PLACE, [x, counts, starts, from_numpy_dtype(x.dtype)])
 
     def gather_parameters(self, model):
         """With ZeRO-1, each process updated its slice of the parameters: an all-gather gives every process all."""
