@@ -2158,14 +2158,14 @@ def main(argv=None):
         if processes.rank == 0 or not alike:
             where = f"process {processes.rank}: " if processes.rank else ""
             print(f"error: {where}{str(e) or type(e).__name__}", file=sys.stderr, flush=True)
-        if processes.count > 1 and not alike:  # the others would wait for this one forever: MPI ends them all
-            processes.comm.Abort(1)
+        if processes.count > 1 and not alike:  # the others would wait for this one forever: ending without
+            os._exit(1)  # MPI_Finalize (which would wait for them too) makes mpirun end them all
         return 1
     except KeyboardInterrupt:
         if processes.rank == 0:
             print("interrupted", file=sys.stderr, flush=True)
         if processes.count > 1:
-            processes.comm.Abort(130)
+            os._exit(130)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous_handler)
