@@ -72,6 +72,16 @@ def random_model(config, dtype, seed=0):
     return model
 
 
+def dead_pid():
+    """A process id no process has: above the largest the system gives (the id of a process that has ended can be
+    given again at any moment, to whatever starts next)."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read()) + 1
+    except OSError:
+        return 2 ** 22 + 1  # above macOS's 99999 and Linux's largest pid_max
+
+
 def write_tokens(path, tokens):
     write_shard(str(path), np.asarray(tokens))
     return str(path)

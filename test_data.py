@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import train_gpt2
+from conftest import dead_pid
 from dev.data import data_common, fineweb, tinyshakespeare, tinystories
 from train_gpt2 import EOT_TOKEN, HEADER_BYTES, read_shard_header
 
@@ -370,9 +371,7 @@ def test_fineweb_resume_rewrites_damaged_shard_and_restarts_on_new_settings(tmp_
     first = snapshot(out)
     damaged = out / "fineweb_train_000002.bin"
     damaged.write_bytes(damaged.read_bytes()[:-2])  # truncated
-    process = subprocess.Popen([sys.executable, "-c", ""])
-    process.wait()
-    (out / f".fineweb_train_000003.bin.tmp{process.pid}").write_bytes(b"what a killed run left")
+    (out / f".fineweb_train_000003.bin.tmp{dead_pid()}").write_bytes(b"what a killed run left")
     assert run_main(fineweb, [*args, "-s", "500"]) == 0
     after = snapshot(out)
     assert contents(out) == {name: data for name, (data, _, _) in first.items()}  # and the leftover is gone

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import train_gpt2 as g
-from conftest import HERE, assert_refused, read_log, run_main, trainer_args
+from conftest import HERE, assert_refused, dead_pid, read_log, run_main, trainer_args
 
 
 def checkpointed_run(run_dir, capsys, *extra):
@@ -98,10 +98,8 @@ def test_resume_rewrites_the_log_through_a_temporary_file(run_dir, capsys, monke
 
 def test_leftovers_of_killed_writes_are_removed_when_a_run_starts(run_dir, capsys):
     out = checkpointed_run(run_dir, capsys)
-    killed = subprocess.Popen([sys.executable, "-c", ""])  # a process that is gone by the time the run starts
-    killed.wait()
-    for name in (".model_00000009.bin", ".state_00000009_00000.bin", ".main.log"):
-        (out / f"{name}.tmp{killed.pid}").write_bytes(b"x" * 1000)
+    for name in (".model_00000009.bin", ".state_00000009_00000.bin", ".main.log"):  # of processes that are gone
+        (out / f"{name}.tmp{dead_pid()}").write_bytes(b"x" * 1000)
     (out / ".notes.tmp").write_text("not ours: kept")
     (out / f".live.tmp{os.getpid()}").write_text("a live process's: kept")
     code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)

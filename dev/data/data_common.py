@@ -37,8 +37,8 @@ from collections import deque
 
 import numpy as np
 
-from train_gpt2 import (EOT_TOKEN, SHARD_MAGIC, GPT2Error, gpt2_encoding, new_header, read_shard_header,
-                        write_atomically)
+from train_gpt2 import (EOT_TOKEN, SHARD_MAGIC, GPT2Error, gpt2_encoding, new_header, process_exists,
+                        read_shard_header, write_atomically)
 
 MAX_SHARD_TOKENS = 2 ** 31 - 1  # a shard's header counts its tokens in an int32
 BATCH_CHARS = 1 << 20           # text sent to a worker at a time...
@@ -525,16 +525,8 @@ def remove_temp_files(out_dir, prefix):
     """Removes what an interrupted run left of its atomic writes (.name.tmpPID), whose process is gone."""
     for path in glob.glob(os.path.join(out_dir, f".{glob.escape(prefix)}*.tmp*")):
         pid = path.rsplit(".tmp", 1)[1]
-        if not pid.isdigit() or not os.path.isfile(path):
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # that process still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        os.remove(path)
+        if pid.isdigit() and os.path.isfile(path) and not process_exists(int(pid)):
+            os.remove(path)
 
 
 def build_shards(out_dir, name, streams, shard_size, workers, config):
