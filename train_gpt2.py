@@ -1105,9 +1105,10 @@ def sum_of_squares(x):
     return partial.sum()
 
 
-def gradient_norm(model):
-    """The L2 norm of all the gradients together, which clipping compares to its threshold."""
-    return math.sqrt(sum_of_squares(model.grads_memory))
+def gradient_norm(grads):
+    """The L2 norm of all the gradients together (grads: the flat buffer), which clipping compares to its
+    threshold."""
+    return math.sqrt(sum_of_squares(grads))
 
 
 # Learning rate schedules, as llmc/schedulers.h: a linear warmup over the first `warmup` steps, then "cosine" or
@@ -1423,7 +1424,7 @@ class Processes:
     def gradient_norm(self, optimizer):
         """The norm of all the gradients: from this process's slice and the others' with ZeRO-1."""
         if not (self.comm and self.zero):
-            return math.sqrt(sum_of_squares(optimizer.grads))
+            return gradient_norm(optimizer.grads)
         return math.sqrt(sum(self.comm.allgather(sum_of_squares(optimizer.grads))))
 
     def all_gather(self, x):
