@@ -226,27 +226,47 @@ def test_shorter_batches_give_the_same_logits(training):
 
 @pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_kv_cache_continues_a_sequence(dtype, tolerance):
-    # a prompt at once, then one position at a time from the KV cache: the logits of the full recomputation
+    # a prompt of 3 positions at once, then one position at a time from the KV cache: at every position, the
+    # logits of the full recomputation
     config = tiny_config()
-    model = random_model(config, dtype)
     rng = np.random.default_rng(14)
     B, T = 2, config.max_seq_len
     x = rng.integers(0, config.vocab_size, (B, T), dtype=np.int32)
-    model.allocate(B, T)
-    model.forward(x)
-    full = model.activations(B, T).logits.copy()
+    full_model = random_model(config, dtype)
+    full_model.allocate(B, T)
+    full_model.forward(x)
+    full = full_model.activations(B, T).logits
+    model = g.GPT2(config, full_model.params_memory)
+    model.allocate(B, 3, context=T)  # activations for 3 positions, a cache for T
     model.forward(x[:, :3])
     steps = [model.activations(B, 3).logits.copy()]
     for pos in range(3, T):
         model.forward(x[:, pos:pos + 1], pos=pos)
         steps.append(model.activations(B, 1, pos).logits.copy())
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=tolerance)
-    with pytest.raises(ValueError, match="larger than"):
-        model.forward(x[:, :2], pos=T - 1)
+    for too_many, pos in ((x[:, :2], T - 1), (x[:, :4], 0), (np.concatenate([x, x])[:, :1], 0)):
+        with pytest.raises(ValueError, match=r"does not fit the \(B, T, context\) \(2, 3, 8\) allocated"):
+            model.forward(too_many, pos=pos)
     trainer = random_model(config, dtype)
     trainer.allocate(B, T, training=True)  # a training model keeps no cache
     with pytest.raises(RuntimeError, match="KV cache"):
         trainer.forward(x[:, :1], pos=1)
+    with pytest.raises(g.GPT2Error, match="context of 9 positions is longer than the model's maximum 8"):
+        model.allocate(1, 1, context=T + 1)
+
+
+def test_a_model_that_does_not_train_keeps_one_layer_of_activations():
+    # memory to generate: the parameters, the KV cache and one layer's activations, whatever the depth
+    config = tiny_config()
+    deep = g.GPT2Config(**{**vars(config), "num_layers": 3 * config.num_layers})
+    sizes = {}
+    for c in (config, deep):
+        model = random_model(c, np.float32)
+        model.allocate(1, 4, context=8)
+        sizes[c.num_layers] = (model.acts_memory.size, model.kv_cache.size)
+        assert model.kv_cache.shape == (c.num_layers, 1, 8, 2 * c.channels)
+    assert sizes[deep.num_layers][0] == sizes[config.num_layers][0]
+    assert sizes[deep.num_layers][1] == 3 * sizes[config.num_layers][1]
 
 
 def test_a_model_that_does_not_train_holds_no_gradients():

@@ -3,7 +3,6 @@ The training loop: a run end to end, schedules, gradient accumulation, logs, sam
 resume (bit-identical after a kill), and the settings a resume refuses.
 """
 
-import itertools
 import os
 import signal
 import subprocess
@@ -19,24 +18,28 @@ from conftest import FIXTURE_MODEL, HERE, assert_refused, read_log, run_main, tr
 
 def test_generate_prints_decoded_tokens(capsys):
     model = g.load_model(FIXTURE_MODEL)
-    model.allocate(1, 8)  # to generate, not to train: no gradients
+    model.allocate(1, 1, context=8)  # to generate, not to train: no gradients
     pieces = [bytes([97 + i % 26]) for i in range(model.config.vocab_size)]
-    tokens = g.generate(model, pieces, 0, g.XorShift(1337), 8)
-    again = g.generate(model, pieces, 0, g.XorShift(1337), 8)
-    assert tokens[0] == 0 and tokens.tolist() == again.tolist()
-    printed = capsys.readouterr().out
-    assert printed == 2 * b"".join(pieces[t] for t in tokens[1:]).decode()
+    tokens = list(g.generate(model, [0], 7, g.XorShift(1337)))
+    assert tokens == list(g.generate(model, [0], 7, g.XorShift(1337)))
+    stream = g.TextStream(pieces)
+    for token in tokens:
+        stream.write(token)
+    stream.end()
+    assert capsys.readouterr().out == b"".join(pieces[t] for t in tokens).decode()
 
 
-def test_generate_decodes_characters_split_over_tokens(capsys, monkeypatch):
-    # tokens 1, 2, 3 are the three bytes of "\u2713" (e2 9c 93), token 4 a control byte, drawn in that order
-    model = g.load_model(FIXTURE_MODEL)
-    model.allocate(1, 32)
-    pieces = [b"?", b"\xe2", b"\x9c", b"\x93", b"\x07"] + [b"?"] * (model.config.vocab_size - 5)
-    draws = itertools.cycle([1, 2, 3, 4])
-    monkeypatch.setattr(g, "sample_token", lambda logits, V, coin: next(draws))
-    g.generate(model, pieces, 0, g.XorShift(1337), 29)
-    assert capsys.readouterr().out == "\u2713" * 7
+def test_text_stream_decodes_characters_split_over_tokens(capsys):
+    # tokens 1, 2, 3 are the three bytes of "\u2713" (e2 9c 93), token 4 a control byte
+    pieces = [b"?", b"\xe2", b"\x9c", b"\x93", b"\x07"]
+    stream = g.TextStream(pieces)
+    printed = []
+    for token in [1, 2, 3, 4] * 7 + [1, 2]:
+        stream.write(token)
+        printed.append(capsys.readouterr().out)
+    stream.end()
+    assert printed[:3] == ["", "", "\u2713"] and "".join(printed) == "\u2713" * 7
+    assert capsys.readouterr().out == "\ufffd"  # a character cut off by the end
 
 
 def test_training_run(shards, capsys):

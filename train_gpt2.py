@@ -631,17 +631,20 @@ def parameter_shapes(config):
 
 def activation_shapes(config, B, T, training, pos=0):
     """Everything the forward pass keeps for a batch of B sequences of T positions starting at `pos`, and when
-    training, the scratch the backward pass needs."""
+    training, the scratch the backward pass needs. The backward pass needs every layer's activations; a model that
+    only runs forward (generating, evaluating) needs one layer's at a time, so there every layer reuses the same
+    buffers (Ls = 1)."""
     C, L, NH, Vp = config.channels, config.num_layers, config.num_heads, config.padded_vocab_size
+    Ls = L if training else 1
     shapes = {
         "encoded": (B, T, C),                                              # wte[token] + wpe[pos + t]
-        "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
-        "qkv": (L, B, T, 3 * C), "att": (L, B, NH, T, pos + T), "atty": (L, B, T, C),
-        "residual2": (L, B, T, C),                                         # after the attention's residual
-        "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
-        "fch": (L, B, T, 4 * C),
+        "ln1": (Ls, B, T, C), "ln1_mean": (Ls, B, T), "ln1_rstd": (Ls, B, T),
+        "qkv": (Ls, B, T, 3 * C), "att": (Ls, B, NH, T, pos + T), "atty": (Ls, B, T, C),
+        "residual2": (Ls, B, T, C),                                        # after the attention's residual
+        "ln2": (Ls, B, T, C), "ln2_mean": (Ls, B, T), "ln2_rstd": (Ls, B, T),
+        "fch": (Ls, B, T, 4 * C),
         "fch_gelu": (B, T, 4 * C),  # one layer's: the backward pass computes it again, to save memory
-        "residual3": (L, B, T, C),                                         # after the MLP's residual: the output
+        "residual3": (Ls, B, T, C),                                        # after the MLP's residual: the output
         "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
         "logits": (B, T, Vp),                                              # the backward pass turns them into dlogits
         "logsumexp": (B, T), "losses": (B, T),
@@ -710,19 +713,23 @@ class GPT2:
         self.params = point_tensors(self.params_memory, self.shapes)
         self.grads_memory = self.acts_memory = None
 
-    def allocate(self, B, T, training=False):
-        """Allocates the activations for batches of up to B sequences of up to T tokens; with training, also the
-        gradients (same layout as the parameters) and the backward pass's scratch. Without, the model only runs
-        forward, as generating text or evaluating does, and keeps a KV cache instead: each layer's keys and values
-        of every position so far, (L, B, T, 2C), which lets a forward pass continue a sequence from `pos`."""
-        if T > self.config.max_seq_len:
-            raise GPT2Error(f"sequence length T={T} is longer than the model's maximum {self.config.max_seq_len}")
-        sizes = {name: (math.prod(shape),) for name, shape in activation_shapes(self.config, B, T, training).items()}
+    def allocate(self, B, T, training=False, context=None):
+        """Allocates the activations for forward passes of up to B sequences of up to T positions; with training,
+        also the gradients (same layout as the parameters) and the backward pass's scratch. Without, the model only
+        runs forward, as generating text or evaluating does, and keeps a KV cache instead: each layer's keys and
+        values of the first `context` positions (T unless given) of every sequence, (L, B, context, 2C), which
+        lets a forward pass continue a sequence from `pos`."""
+        context = context or T
+        for what, length in ((f"sequence length T={T}", T), (f"context of {context} positions", context)):
+            if length > self.config.max_seq_len:
+                raise GPT2Error(f"{what} is longer than the model's maximum {self.config.max_seq_len}")
+        shapes = activation_shapes(self.config, B, T, training, pos=0 if training else context - T)
+        sizes = {name: (math.prod(shape),) for name, shape in shapes.items()}
         self.acts_memory = zeros(sum(size for size, in sizes.values()), self.dtype)
         self.act_regions = point_tensors(self.acts_memory, sizes)  # one flat region per activation
-        self.capacity, self.training = (B, T), training
+        self.capacity, self.training = (B, T, T if training else context), training
         C, L = self.config.channels, self.config.num_layers
-        self.kv_cache = None if training else zeros(L * B * T * 2 * C, self.dtype).reshape(L, B, T, 2 * C)
+        self.kv_cache = None if training else zeros(L * B * context * 2 * C, self.dtype).reshape(L, B, context, 2 * C)
         if training and self.grads_memory is None:
             self.grads_memory = zeros(self.num_parameters, self.dtype)
             self.grads = point_tensors(self.grads_memory, self.shapes)
@@ -746,8 +753,8 @@ class GPT2:
         if self.acts_memory is None:
             raise RuntimeError("call allocate(B, T) before forward")
         B, T = inputs.shape
-        if B > self.capacity[0] or pos + T > self.capacity[1]:
-            raise ValueError(f"batch ({B}, {pos} + {T}) is larger than the {self.capacity} allocated")
+        if B > self.capacity[0] or T > self.capacity[1] or pos + T > self.capacity[2]:
+            raise ValueError(f"batch ({B}, {pos} + {T}) does not fit the (B, T, context) {self.capacity} allocated")
         if pos and self.training:
             raise RuntimeError("forward from pos > 0 needs the KV cache of a model allocated without training")
         self.check_tokens(inputs, "input")
@@ -755,22 +762,23 @@ class GPT2:
         encoder_forward(a.encoded, inputs, p.wte, p.wpe[pos:])
         residual = a.encoded
         for l in range(cfg.num_layers):
+            i = l if self.training else 0  # the layer's activations; without training, one set serves every layer
             kv_cache = None if self.training else self.kv_cache[l, :B]
             # attention: residual2 = residual + attproj(attention(qkv(layernorm(residual))))
-            layernorm_forward(rows(a.ln1[l]), a.ln1_mean[l].ravel(), a.ln1_rstd[l].ravel(), rows(residual),
+            layernorm_forward(rows(a.ln1[i]), a.ln1_mean[i].ravel(), a.ln1_rstd[i].ravel(), rows(residual),
                               p.ln1w[l], p.ln1b[l])
-            matmul_forward(rows(a.qkv[l]), rows(a.ln1[l]), p.qkvw[l], p.qkvb[l])
-            attention_forward(a.atty[l], a.att[l], a.qkv[l], cfg.num_heads, kv_cache, pos)
-            matmul_forward(rows(a.residual2[l]), rows(a.atty[l]), p.attprojw[l], p.attprojb[l])
-            residual_forward(rows(a.residual2[l]), rows(residual))
+            matmul_forward(rows(a.qkv[i]), rows(a.ln1[i]), p.qkvw[l], p.qkvb[l])
+            attention_forward(a.atty[i], a.att[i], a.qkv[i], cfg.num_heads, kv_cache, pos)
+            matmul_forward(rows(a.residual2[i]), rows(a.atty[i]), p.attprojw[l], p.attprojb[l])
+            residual_forward(rows(a.residual2[i]), rows(residual))
             # MLP: residual3 = residual2 + fcproj(gelu(fc(layernorm(residual2))))
-            layernorm_forward(rows(a.ln2[l]), a.ln2_mean[l].ravel(), a.ln2_rstd[l].ravel(), rows(a.residual2[l]),
+            layernorm_forward(rows(a.ln2[i]), a.ln2_mean[i].ravel(), a.ln2_rstd[i].ravel(), rows(a.residual2[i]),
                               p.ln2w[l], p.ln2b[l])
-            matmul_forward(rows(a.fch[l]), rows(a.ln2[l]), p.fcw[l], p.fcb[l])
-            gelu_forward(rows(a.fch_gelu), rows(a.fch[l]))
-            matmul_forward(rows(a.residual3[l]), rows(a.fch_gelu), p.fcprojw[l], p.fcprojb[l])
-            residual_forward(rows(a.residual3[l]), rows(a.residual2[l]))
-            residual = a.residual3[l]
+            matmul_forward(rows(a.fch[i]), rows(a.ln2[i]), p.fcw[l], p.fcb[l])
+            gelu_forward(rows(a.fch_gelu), rows(a.fch[i]))
+            matmul_forward(rows(a.residual3[i]), rows(a.fch_gelu), p.fcprojw[l], p.fcprojb[l])
+            residual_forward(rows(a.residual3[i]), rows(a.residual2[i]))
+            residual = a.residual3[i]  # the next layer reads it before its MLP overwrites residual3[i]
         layernorm_forward(rows(a.lnf), a.lnf_mean.ravel(), a.lnf_rstd.ravel(), rows(residual), p.lnfw, p.lnfb)
         matmul_forward(rows(a.logits), rows(a.lnf), p.wte, None)  # weight tying: the classifier is wte
         self.inputs, self.targets = inputs, targets
@@ -1284,16 +1292,33 @@ def read_tokenizer(path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 8. Sampling, as llm.c does it: start from EOT, and at each step draw the next token from the model's
-# probabilities over the V real tokens, with llm.c's xorshift generator seeded 1337.
+# 8. Generating text
+#
+# A model continues a text one token at a time: it gives the probabilities of the next token, one is drawn, and
+# it becomes the input of the next position. Recomputing the whole sequence for each new token would repeat the
+# same work over and over: position t's keys and values never change once computed, since a position only
+# attends to those before it. So a model allocated without training keeps every layer's keys and values in its
+# KV cache (see attention_forward): the prompt runs once, all its positions together, which fills the cache; then
+# each new token runs alone, one position, attending to the cached keys and values. A step then costs about one
+# read of the weights (every matrix is multiplied by a single row), and memory is the parameters, the cache and
+# one layer's activations: no gradients, no optimizer state.
+#
+# The draw is llm.c's: softmax over the V real tokens, and the first token where the running sum of the
+# probabilities passes a uniform "coin" from the xorshift generator, seeded 1337 in the trainer. A temperature
+# divides the logits first (below 1 sharpens the distribution, 0 always takes the most likely token), and top-k
+# and top-p (nucleus) sampling draw only from the most likely tokens.
 
 @njit(cache=True)
-def sample_token(logits, V, coin):
-    # logits (Vp,): softmax over the first V, then the first index where the running sum of probabilities
-    # passes coin (llm.c's softmax and sample_mult, in float32)
+def sample_token(logits, V, coin, temperature=1.0, top_k=0, top_p=1.0):
+    # logits (Vp,) -> a token id below V; coin is uniform in [0, 1). In float32, as llm.c's softmax and
+    # sample_mult: with the defaults, exactly those
+    if temperature == 0:
+        return np.argmax(logits[:V])
     maxval = logits[:V].max()
-    probs = np.exp(logits[:V] - maxval).astype(np.float32)
+    probs = np.exp((logits[:V] - maxval) / np.float32(temperature))
     probs /= probs.sum()
+    if 0 < top_k < V or top_p < 1:
+        probs = keep_most_likely(probs, top_k, top_p)
     cdf = np.float32(0.0)
     for i in range(V):
         cdf += probs[i]
@@ -1302,23 +1327,62 @@ def sample_token(logits, V, coin):
     return V - 1
 
 
+@njit(cache=True)
+def keep_most_likely(probs, top_k, top_p):
+    # probs (V,) -> the probabilities of the top_k most likely tokens (all if 0) and, of those, of the fewest most
+    # likely whose probabilities add up to top_p or more (their share of the top_k's), rescaled to sum to 1; the
+    # others 0. Equal probabilities are taken in the order of their token ids.
+    order = np.argsort(-probs, kind="mergesort")
+    keep = len(probs) if top_k <= 0 else min(top_k, len(probs))
+    if top_p < 1:
+        top_k_sum = probs[order[:keep]].sum()
+        running = np.float32(0.0)
+        for n in range(keep):
+            running += probs[order[n]]
+            if running >= top_p * top_k_sum:
+                keep = n + 1
+                break
+    kept = np.zeros_like(probs)
+    kept[order[:keep]] = probs[order[:keep]]
+    return kept / kept.sum()
+
+
+def generate(model, prompt, num_tokens, rng, temperature=1.0, top_k=0, top_p=1.0):
+    """Yields num_tokens new tokens, one at a time, drawn after `prompt` (a list of token ids) with the coins of
+    rng (XorShift). The model is allocated without training, for B=1, T >= len(prompt) and a context of at least
+    len(prompt) + num_tokens - 1 positions (the last token drawn never runs through it)."""
+    model.forward(np.array([prompt], dtype=np.int32))  # the whole prompt at once
+    logits = model.activations(1, len(prompt)).logits[0, -1]
+    for n in range(num_tokens):
+        token = int(sample_token(logits, model.config.vocab_size, rng.random_f32(), float(temperature), int(top_k),
+                                 float(top_p)))
+        yield token
+        if n + 1 < num_tokens:
+            pos = len(prompt) + n  # the new token's position: it attends to the cache's first pos positions
+            model.forward(np.array([[token]], dtype=np.int32), pos=pos)
+            logits = model.activations(1, 1, pos).logits[0, 0]
+
+
 def printable(text):
     """Drops control characters except whitespace, as llm.c's safe_printf drops the bytes that are not printable."""
     return "".join(ch for ch in text if ch.isprintable() or ch in " \t\n\v\f\r")
 
 
-def generate(model, pieces, eot, rng, num_tokens):
-    """Samples num_tokens - 1 tokens after EOT and prints their text as it comes; returns the token ids. The bytes
-    of the tokens are decoded as one stream, since a character can be split over two tokens."""
-    tokens = np.full((1, num_tokens), eot, dtype=np.int32)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for t in range(1, num_tokens):
-        model.forward(tokens[:, :t])
-        logits = model.activations(1, t).logits[0, t - 1]
-        tokens[0, t] = sample_token(logits, model.config.vocab_size, rng.random_f32())
-        sys.stdout.write(printable(decoder.decode(pieces[tokens[0, t]], final=t == num_tokens - 1)))
-        sys.stdout.flush()
-    return tokens[0]
+class TextStream:
+    """Prints tokens as text as they come. The bytes of the tokens are decoded as one stream: a character split
+    over two tokens is printed whole once its last byte came, never as two replacement characters."""
+
+    def __init__(self, pieces, out=None):
+        self.pieces, self.out = pieces, out or sys.stdout
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, token):
+        self.out.write(printable(self.decoder.decode(self.pieces[token])))
+        self.out.flush()
+
+    def end(self):  # bytes left of a character that never ended print as one replacement character
+        self.out.write(printable(self.decoder.decode(b"", final=True)))
+        self.out.flush()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -2034,8 +2098,8 @@ def format_duration(seconds):
 
 
 def load_kernels():
-    """Runs every kernel of a training step once, on a tiny model: numba loads them from its cache, or compiles
-    them on the first run, here rather than inside the first timed step."""
+    """Runs every kernel of a training step and of generation once, on a tiny model: numba loads them from its
+    cache, or compiles them on the first run, here rather than inside the first timed step."""
     print("loading the numba kernels (the first run compiles them, for some seconds; later runs load them from "
           "the cache)", flush=True)
     started = time.perf_counter()
@@ -2044,7 +2108,10 @@ def load_kernels():
     model.allocate(2, 4, training=True)
     tokens = np.zeros((2, 4), dtype=np.int32)
     train_step(model, AdamW(model), lambda: (tokens, tokens), 1, 0.0, 0)
-    sample_token(model.activations(2, 4).logits[0, 0], config.vocab_size, np.float32(0.5))
+    sampler = GPT2(config, model.params_memory)
+    sampler.allocate(1, 2, context=4)
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.0, 0, 1.0), (0.5, 2, 0.9)):
+        list(generate(sampler, [0, 1], 3, XorShift(), temperature, top_k, top_p))
     print(f"kernels ready in {time.perf_counter() - started:.1f} s")
 
 
@@ -2075,6 +2142,9 @@ def train(args, processes):
             f"of B={B} x T={T}" + (f" on each of {processes.count} processes" if processes.count > 1 else ""))
     with processes.together():
         tokenizer = sampling_tokenizer(args, cfg) if rank == 0 else None  # rank 0 samples
+    if tokenizer:  # the model's parameters, and a KV cache to generate from them (see generate)
+        sampler = GPT2(cfg, model.params_memory)
+        sampler.allocate(1, 1, context=args.gen_tokens)
     sample_rng = XorShift(1337)
     if resume_step is not None:
         resume_run(out_dir, resume_step, optimizer, train_loader, sample_rng, args, processes)
@@ -2104,7 +2174,10 @@ def train(args, processes):
             if tokenizer and ((step > 0 and step % args.sample_every == 0) or last_step):
                 pieces, eot = tokenizer
                 print("generating:\n---")
-                generate(model, pieces, eot, sample_rng, args.gen_tokens)
+                stream = TextStream(pieces)
+                for token in generate(sampler, [eot], args.gen_tokens - 1, sample_rng):
+                    stream.write(token)
+                stream.end()
                 print("\n---")
             if out_dir and ((args.checkpoint_every and step > 0 and step % args.checkpoint_every == 0)
                             or last_step):  # with -o, the trained model is never thrown away

@@ -21,6 +21,15 @@ The README's tables:
     python -m dev.bench --profile       # each kernel's share of our step
     python -m dev.bench --processes     # 1 process x 2 threads, 1 x 1, and 2 processes x 1 thread under mpirun
 
+--generate times text generation at batch 1, greedy, after a prompt of random tokens (16, then 128 new tokens by
+default): train_gpt2.generate with its KV cache; the full recomputation that the trainer's samples used before it
+(every position runs again for each new token); and with --vs transformers, transformers' generate with its KV
+cache, on the same weights (exported by dev/hf_gpt2.py into a temporary folder), alternating runs. For each: the
+time to the first new token, the median ms/token after it, tokens/s and peak RSS. It also measures the machine's
+read bandwidth (a parallel sum over 1 GiB, with the same threads) and from it the bound on tokens/s that reading
+every weight once per token sets (float32 weights: bytes read per token = 4 x the parameters a step multiplies).
+    python -m dev.bench --generate --vs transformers
+
 --processes runs train_gpt2's training step with the same total batch (B rows in all) three ways, each launched on
 its own: one process with all the threads, one process with one thread, and mpirun -np 2 with B/2 rows and one
 thread each (also with -z 1, ZeRO-1); it prints tokens/s, the time of the all-reduce (or reduce-scatter and
@@ -38,6 +47,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from types import SimpleNamespace
@@ -117,7 +127,7 @@ def ours_worker(args):
         nonlocal steps_done
         loss, _ = tg.train_step(model, optimizer, lambda: (x, y), 1, LR, steps_done)
         steps_done += 1
-        return loss
+        return dict(loss=loss)
 
     def info():
         try:
@@ -159,7 +169,7 @@ def torch_worker(args):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # the norm only, as ours computes
         optimizer.step()
-        return loss.item()
+        return dict(loss=loss.item())
 
     def info():
         build = torch.__config__.show().replace(",", " ").split()
@@ -171,6 +181,104 @@ def torch_worker(args):
     return step, info, dict
 
 
+# Generation workers: a "step" generates args.gen_tokens tokens greedily after a prompt of random tokens, and
+# reports the time to the first new token and the time of each token after it
+
+def prompt_tokens(args, V):
+    import numpy as np
+    return np.random.default_rng(args.seed).integers(0, V, args.prompt_tokens).tolist()
+
+
+def generation_timings(started, tokens):
+    """Runs a generator of tokens, noting when each came: (the tokens, s to the first, [s of each one after])."""
+    stamps, generated = [], []
+    for token in tokens:
+        stamps.append(time.perf_counter())
+        generated.append(int(token))
+    return dict(tokens=generated, first_s=stamps[0] - started, token_s=[b - a for a, b in zip(stamps, stamps[1:])])
+
+
+def generate_worker(args):
+    """Ours: train_gpt2.generate, the prompt at once and then one position at a time from the KV cache; or with
+    --worker recompute, every position again for each new token (train_gpt2's samples before the KV cache)."""
+    import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
+    import numba
+    import numpy as np
+    try:
+        model = tg.load_gpt2(args.model)
+    except tg.GPT2Error as e:
+        raise BenchError(str(e)) from None
+    prompt, N, V = prompt_tokens(args, model.config.vocab_size), args.gen_tokens, model.config.vocab_size
+    context = len(prompt) + N - 1
+    if args.worker == "generate":
+        model.allocate(1, len(prompt), context=context)
+    else:
+        model.allocate(1, context)
+
+    def recompute():
+        tokens = list(prompt)
+        for _ in range(N):
+            model.forward(np.array([tokens], dtype=np.int32))
+            logits = model.activations(1, len(tokens)).logits[0, -1]
+            tokens.append(int(tg.sample_token(logits, V, np.float32(0.5), 0.0, 0, 1.0)))
+            yield tokens[-1]
+
+    def step():
+        started = time.perf_counter()
+        if args.worker == "generate":
+            return generation_timings(started, tg.generate(model, prompt, N, tg.XorShift(), temperature=0.0))
+        return generation_timings(started, recompute())
+
+    def info():
+        return dict(config=vars(model.config), num_parameters=model.num_parameters, threads=numba.get_num_threads(),
+                    threading=f"numba {numba.threading_layer()}")
+    return step, info, dict
+
+
+def transformers_worker(args):
+    """transformers' GPT2LMHeadModel.generate, greedy, with its KV cache, on the weights in the folder -e."""
+    import torch  # first, and train_gpt2 never, as in torch_worker
+    import transformers
+    torch.set_num_threads(args.threads)
+    try:
+        model = transformers.GPT2LMHeadModel.from_pretrained(args.model, torch_dtype=torch.float32).eval()
+    except OSError as e:
+        raise BenchError(str(e)) from None
+    prompt = torch.tensor([prompt_tokens(args, model.config.vocab_size)])
+
+    class Stamps(transformers.generation.streamers.BaseStreamer):
+        """generate() hands the streamer the prompt, then each new token as it comes."""
+        def __init__(self):
+            self.stamps, self.tokens = [], []
+
+        def put(self, value):
+            self.stamps.append(time.perf_counter())
+            self.tokens.append(value.reshape(-1).tolist())
+
+        def end(self):
+            pass
+
+    def step():
+        stamps = Stamps()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.gen_tokens,
+                           min_new_tokens=args.gen_tokens, do_sample=False, use_cache=True, streamer=stamps,
+                           pad_token_id=model.config.eos_token_id)
+        new = stamps.stamps[1:]  # the first put() is the prompt
+        return dict(tokens=[t for tokens in stamps.tokens[1:] for t in tokens], first_s=new[0] - started,
+                    token_s=[b - a for a, b in zip(new, new[1:])])
+
+    def info():
+        return dict(torch=torch.__version__, transformers=transformers.__version__, threads=torch.get_num_threads(),
+                    threading=f"torch {torch.__version__}, transformers {transformers.__version__}")
+    return step, info, dict
+
+
+WORKERS = {"ours": ours_worker, "torch": torch_worker, "generate": generate_worker, "recompute": generate_worker,
+           "transformers": transformers_worker}
+
+
 def serve(args):
     channel = os.fdopen(os.dup(1), "w", buffering=1)  # to the driver; whatever else is printed goes to stderr
     os.dup2(2, 1)
@@ -180,10 +288,10 @@ def serve(args):
 
     def timed(step):
         start = time.perf_counter()
-        loss = step()
-        return dict(seconds=time.perf_counter() - start, loss=loss)
+        result = step()
+        return dict(seconds=time.perf_counter() - start, **result)
     try:
-        step, info, finish = (ours_worker if args.worker == "ours" else torch_worker)(args)
+        step, info, finish = WORKERS[args.worker](args)
         send(**timed(step))  # the driver's start-up clock stops here
         for _ in range(args.warmup - 1):
             step()
@@ -212,6 +320,7 @@ class Worker:
         argv = [sys.executable, "-m", "dev.bench", "--worker", kind, "-e", model, "-b", str(B), "-t", str(T),
                 "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup)]
         argv += (["--profile"] if args.profile and kind == "ours" else []) + (["--config", config] if config else [])
+        argv += ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
         # this repository's dev.bench and train_gpt2, whatever the current directory (where -e's path is)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
         self.spawned = time.perf_counter()
@@ -221,7 +330,8 @@ class Worker:
 
     def start(self):
         """Waits for the first step, which stops the start-up clock, and for the end of the warm-up."""
-        self.first_loss = self.recv()["loss"]
+        self.first = self.recv()
+        self.first_loss = self.first.get("loss")
         self.startup = time.perf_counter() - self.spawned
         self.info = self.recv()
 
@@ -426,6 +536,89 @@ def processes_run(args):
     print("\n" + machine_line(args))
 
 
+def read_bandwidth():
+    """The machine's read bandwidth, bytes/s: the median of 5 parallel sums over 1 GiB of float32, more than any
+    cache holds, each thread summing rows of 16 KiB (numba's threads, as many as the workers use)."""
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def row_sums(a, out):
+        for r in prange(a.shape[0]):
+            total = np.float32(0)
+            for k in range(a.shape[1]):
+                total += a[r, k]
+            out[r] = total
+    a = np.ones((2**30 // (4 * 4096), 4096), np.float32)
+    out = np.empty(a.shape[0], np.float32)
+    row_sums(a, out)  # compiles, and faults the pages in
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        row_sums(a, out)
+        times.append(time.perf_counter() - start)
+    return a.nbytes / statistics.median(times)
+
+
+def ms_per_token(runs):
+    """The median time of a new token after the first, over all the runs given."""
+    return statistics.median(s for run in runs for s in run["token_s"]) * 1e3
+
+
+def generate_run(args):
+    kinds = ["generate", "recompute"] + (["transformers"] if args.vs == "transformers" else [])
+    names = {"generate": "ours, KV cache (train_gpt2.generate)", "recompute": "ours, full recomputation"}
+    workers = []
+    with tempfile.TemporaryDirectory() as work:
+        model = args.model
+        if args.vs == "transformers":  # the same weights on both sides: ours read back transformers' folder
+            model = os.path.join(work, "hf")
+            result = subprocess.run([sys.executable, "-m", "dev.hf_gpt2", "export", args.model, "-o", model],
+                                    capture_output=True, text=True, cwd=REPO_ROOT)
+            if result.returncode:
+                raise BenchError(f"exporting {args.model}: {result.stderr.strip()}")
+        try:
+            for kind in kinds:
+                workers.append(Worker(kind, args, model, 1, args.prompt_tokens))
+                workers[-1].start()
+            for _ in range(args.steps):
+                for w in workers:
+                    w.times.append(w.request("step"))
+            for w in workers:
+                w.final = w.request("finish")
+        finally:
+            for w in workers:
+                w.close()
+    ours = workers[0].info
+    c, N = ours["config"], args.gen_tokens
+    weight_bytes = 4 * (ours["num_parameters"] - (c["max_seq_len"] - 1) * c["channels"])  # wpe: one row per token
+    bandwidth = read_bandwidth()
+    bound = bandwidth / weight_bytes
+    print(machine(args, workers))
+    print(f"model:   {args.model}: L={c['num_layers']} C={c['channels']} NH={c['num_heads']} V={c['vocab_size']} "
+          f"Vp={c['padded_vocab_size']}, {ours['num_parameters']:,} parameters; batch 1, greedy, prompt "
+          f"{args.prompt_tokens} random tokens (seed {args.seed}), {N} new tokens")
+    print(f"runs:    {args.warmup} warm-up + {args.steps} timed per generator, alternating\n")
+    print("| generator | to the 1st token ms | ms/token after it, median (runs' min-max) | tokens/s | "
+          "vs transformers | peak RSS MiB |\n|---|--:|--:|--:|--:|--:|")
+    rates = {w.kind: 1e3 / ms_per_token(w.times) for w in workers}
+    for w in workers:
+        per_run = [ms_per_token([run]) for run in w.times]
+        first = statistics.median(run["first_s"] for run in w.times) * 1e3
+        name = names.get(w.kind) or f"transformers {w.info['transformers']} generate, KV cache"
+        versus = f"{rates[w.kind] / rates['transformers']:.2f}x" if "transformers" in rates else ""
+        print(f"| {name} | {first:.0f} | {1e3 / rates[w.kind]:.1f} ({min(per_run):.1f}-{max(per_run):.1f}) | "
+              f"{rates[w.kind]:.1f} | {versus} | {w.final['peak_rss_mib']:,.0f} |")
+    print(f"\nbandwidth: {bandwidth / 1e9:.1f} GB/s read ({args.threads} threads, 1 GiB); the weights are "
+          f"{weight_bytes / 1e6:.0f} MB of float32 read once per token: at most {bound:.1f} tokens/s; ours with the "
+          f"KV cache reach {100 * rates['generate'] / bound:.0f}% of that")
+    tokens = [w.times[-1]["tokens"] for w in workers]
+    agree = [next((i for i, (a, b) in enumerate(zip(tokens[0], t)) if a != b), N) for t in tokens[1:]]
+    print("greedy tokens: the KV cache's and " + "; ".join(
+        f"{w.kind}'s agree on the first {n} of {N}" for w, n in zip(workers[1:], agree))
+          + " (a random model's top logits are close: float32 rounding may swap two)")
+
+
 def main_run(args):
     B, T = args.batch_size, args.seq_len
     workers = measure(args, args.model, B, T, with_torch=args.vs == "torch")
@@ -507,7 +700,9 @@ def parse_args(argv=None):
     add("--warmup", type=int, metavar="N", help="untimed steps first, at least 1 (default 2; 1 with --sweep)")
     add("--steps", type=int, metavar="N", help="timed steps (default 10; 3 with --sweep)")
     add("--seed", type=int, default=1337, help="seed of the random batch (default %(default)s)")
-    add("--vs", choices=("torch",), help="also time dev/make_reference.py's PyTorch GPT-2, alternating steps")
+    add("--vs", choices=("torch", "transformers"),
+        help="also time dev/make_reference.py's PyTorch GPT-2 (torch) or, with --generate, transformers' generate, "
+             "alternating steps")
     add("--profile", action="store_true", help="each train_gpt2 kernel's share of our step")
     add("--sweep", action="store_true", help="ms/step, per-token cost and RSS over B*T and over depth")
     add("--sweep-bt", default="256,1024,4096", metavar="LIST",
@@ -518,20 +713,27 @@ def parse_args(argv=None):
         help="timings per sgemm shape, at least 3, fewer when slow (default %(default)s)")
     add("--processes", action="store_true",
         help="1 process x all threads, 1 x 1, and 2 processes x 1 thread (mpirun), same total batch")
-    add("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)
+    add("--generate", action="store_true", help="time generation at batch 1: the KV cache, the full recomputation "
+                                                "and, with --vs transformers, transformers' generate")
+    add("--prompt-tokens", type=int, default=16, metavar="N", help="--generate's prompt (default %(default)s)")
+    add("--gen-tokens", type=int, default=128, metavar="N", help="--generate's new tokens (default %(default)s)")
+    add("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     add("--processes-worker", action="store_true", help=argparse.SUPPRESS)
     add("--zero", type=int, default=0, help=argparse.SUPPRESS)
     add("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.warmup = 1 if args.warmup is None and args.sweep else 2 if args.warmup is None else args.warmup
-    args.steps = 3 if args.steps is None and args.sweep else 10 if args.steps is None else args.steps
+    quick = args.sweep or args.generate  # a step of theirs takes seconds
+    args.warmup = 1 if args.warmup is None and quick else 2 if args.warmup is None else args.warmup
+    args.steps = 3 if args.steps is None and quick else 10 if args.steps is None else args.steps
     if args.warmup < 1:
         parser.error("--warmup must be at least 1: the first step loads or compiles the kernels")
-    for name in ("batch_size", "seq_len", "threads", "steps", "sgemm_repeats"):
+    for name in ("batch_size", "seq_len", "threads", "steps", "sgemm_repeats", "prompt_tokens", "gen_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.sweep and (args.vs or args.profile):
         parser.error("--sweep times ours alone: no --vs or --profile with it")
+    if (args.vs == "transformers") != bool(args.vs and args.generate) or (args.generate and (args.sweep or args.profile)):
+        parser.error("--generate goes with --vs transformers only (and --vs transformers with --generate)")
     try:
         args.sweep_bt = [int(v) for v in args.sweep_bt.split(",")]
     except ValueError:
@@ -552,6 +754,10 @@ def main(argv=None):
         print("error: --vs torch needs PyTorch: pip install -r dev/requirements-dev.txt (its CPU build)",
               file=sys.stderr)
         return 1
+    if args.vs == "transformers" and importlib.util.find_spec("transformers") is None:
+        print("error: --vs transformers needs transformers and PyTorch: pip install -r dev/requirements-dev.txt "
+              "transformers", file=sys.stderr)
+        return 1
     for var in THREAD_VARS:  # the workers' threads, and this process's for the sgemm
         os.environ[var] = str(args.threads)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up as Ctrl-C does
@@ -560,7 +766,12 @@ def main(argv=None):
         print(f"warning: other processes use {100 * args.busy:.0f}% of the CPUs; BLAS and OpenMP threads slow down "
               "many times when they share cores, so expect slow and noisy numbers", file=sys.stderr)
     try:
-        processes_run(args) if args.processes else sweep(args) if args.sweep else main_run(args)
+        if args.processes:
+            processes_run(args)
+        elif args.sweep:
+            sweep(args)
+        else:
+            generate_run(args) if args.generate else main_run(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

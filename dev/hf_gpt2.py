@@ -75,7 +75,7 @@ def hf_tensors(model):
 
 
 def export_model(path, out_dir):
-    model = tg.load_model(path)
+    model = tg.load_gpt2(path)
     out_dir = os.path.normpath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise tg.GPT2Error(f"{out_dir}: not a folder")
@@ -166,7 +166,8 @@ def main(argv=None):
     to_llmc.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                          help="float32: version 3; bfloat16: version 5 (default %(default)s)")
     to_hf = commands.add_parser("export", help="llm.c's model file to a folder transformers loads")
-    to_hf.add_argument("model", help="llm.c model file (.bin)")
+    to_hf.add_argument("model", help="llm.c model file (.bin), or anything else train_gpt2.py's -e takes (d12: "
+                                     "llm.c's initialisation of that shape)")
     to_hf.add_argument("-o", "--output", required=True, help="folder to write (new or empty)")
     against = commands.add_parser("check", help="compare with transformers (needs torch and transformers)")
     against.add_argument("--work-dir", default="hf_check", help="where the check writes its files")
