@@ -218,3 +218,14 @@ sys.exit(sample_gpt2.main(["-e", {gpt2_vocab_model!r}, "--prompt", "Hello", "-g"
     process.stdout.close()  # from here, every write to stdout fails
     err += process.stderr.read()
     assert process.wait(timeout=120) == 0 and "Traceback" not in err and "error" not in err, err
+
+
+def test_bench_times_generation():
+    # python -m dev.bench --generate, as the README's table is made, on the small fixture
+    result = subprocess.run([sys.executable, "-m", "dev.bench", "--generate", "-e", FIXTURE_MODEL, "--prompt-tokens",
+                             "3", "--gen-tokens", "5", "--steps", "1"], cwd=HERE, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ours")]
+    assert len(rows) == 2 and "bandwidth: " in result.stdout and "tokens/s; ours with the KV cache reach " in \
+        result.stdout
+    assert "the KV cache's and recompute's agree on the first 5 of 5" in result.stdout

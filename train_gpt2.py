@@ -62,6 +62,7 @@ if os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") and hasattr(os, "sched_getaffini
 if __name__ == "__main__":  # Ctrl-C while the libraries load and the file's functions are made: stop, quietly
     signal.signal(signal.SIGINT, lambda signum, frame: (print("interrupted", file=sys.stderr), os._exit(130)))
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
@@ -1353,14 +1354,19 @@ def generate(model, prompt, num_tokens, rng, temperature=1.0, top_k=0, top_p=1.0
     len(prompt) + num_tokens - 1 positions (the last token drawn never runs through it)."""
     model.forward(np.array([prompt], dtype=np.int32))  # the whole prompt at once
     logits = model.activations(1, len(prompt)).logits[0, -1]
-    for n in range(num_tokens):
-        token = int(sample_token(logits, model.config.vocab_size, rng.random_f32(), float(temperature), int(top_k),
-                                 float(top_p)))
-        yield token
-        if n + 1 < num_tokens:
-            pos = len(prompt) + n  # the new token's position: it attends to the cache's first pos positions
-            model.forward(np.array([[token]], dtype=np.int32), pos=pos)
-            logits = model.activations(1, 1, pos).logits[0, 0]
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # one position is too little work to share: numba's kernels keep to this thread
+    try:                      # (waking the others cost 5% of a step), and the matrix products to BLAS's threads
+        for n in range(num_tokens):
+            token = int(sample_token(logits, model.config.vocab_size, rng.random_f32(), float(temperature),
+                                     int(top_k), float(top_p)))
+            yield token
+            if n + 1 < num_tokens:
+                pos = len(prompt) + n  # the new token's position: it attends to the cache's first pos positions
+                model.forward(np.array([[token]], dtype=np.int32), pos=pos)
+                logits = model.activations(1, 1, pos).logits[0, 0]
+    finally:
+        numba.set_num_threads(threads)
 
 
 def printable(text):

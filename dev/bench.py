@@ -24,10 +24,13 @@ The README's tables:
 --generate times text generation at batch 1, greedy, after a prompt of random tokens (16, then 128 new tokens by
 default): train_gpt2.generate with its KV cache; the full recomputation that the trainer's samples used before it
 (every position runs again for each new token); and with --vs transformers, transformers' generate with its KV
-cache, on the same weights (exported by dev/hf_gpt2.py into a temporary folder), alternating runs. For each: the
-time to the first new token, the median ms/token after it, tokens/s and peak RSS. It also measures the machine's
-read bandwidth (a parallel sum over 1 GiB, with the same threads) and from it the bound on tokens/s that reading
-every weight once per token sets (float32 weights: bytes read per token = 4 x the parameters a step multiplies).
+cache, on the same weights (exported by dev/hf_gpt2.py into a temporary folder). The runs alternate, each after a
+second of idle cores (torch's threads spin on after their work, and took the cores of a run that followed). For
+each: the time to the first new token, the median ms/token after it, tokens/s, peak RSS (which counts the pages of
+the weights' file mapped while loading) and the sizes of our buffers. It also measures the machine's read
+bandwidth (a parallel sum over 1 GiB, with the same threads, before the runs and after, the higher counting) and
+from it the bound on tokens/s that reading every weight once per token sets (float32 weights: bytes read per token
+= 4 x the parameters a step multiplies).
     python -m dev.bench --generate --vs transformers
 
 --processes runs train_gpt2's training step with the same total batch (B rows in all) three ways, each launched on
@@ -230,8 +233,10 @@ def generate_worker(args):
         return generation_timings(started, recompute())
 
     def info():
+        buffers = dict(parameters=model.params_memory.nbytes, activations=model.acts_memory.nbytes,
+                       kv_cache=model.kv_cache.nbytes)
         return dict(config=vars(model.config), num_parameters=model.num_parameters, threads=numba.get_num_threads(),
-                    threading=f"numba {numba.threading_layer()}")
+                    threading=f"numba {numba.threading_layer()}", buffers=buffers)
     return step, info, dict
 
 
@@ -565,10 +570,13 @@ def ms_per_token(runs):
     return statistics.median(s for run in runs for s in run["token_s"]) * 1e3
 
 
+IDLE_BEFORE_RUN = 1.0  # s: torch's OpenMP threads spin on after their work; a run starting then shares the cores
+
+
 def generate_run(args):
     kinds = ["generate", "recompute"] + (["transformers"] if args.vs == "transformers" else [])
     names = {"generate": "ours, KV cache (train_gpt2.generate)", "recompute": "ours, full recomputation"}
-    workers = []
+    workers, bandwidths = [], []  # read bandwidth before the runs and after: the higher one bounds
     with tempfile.TemporaryDirectory() as work:
         model = args.model
         if args.vs == "transformers":  # the same weights on both sides: ours read back transformers' folder
@@ -581,8 +589,10 @@ def generate_run(args):
             for kind in kinds:
                 workers.append(Worker(kind, args, model, 1, args.prompt_tokens))
                 workers[-1].start()
+            bandwidths.append(read_bandwidth())  # here, not before the workers start: they would inherit its RSS
             for _ in range(args.steps):
                 for w in workers:
+                    time.sleep(IDLE_BEFORE_RUN)
                     w.times.append(w.request("step"))
             for w in workers:
                 w.final = w.request("finish")
@@ -592,7 +602,8 @@ def generate_run(args):
     ours = workers[0].info
     c, N = ours["config"], args.gen_tokens
     weight_bytes = 4 * (ours["num_parameters"] - (c["max_seq_len"] - 1) * c["channels"])  # wpe: one row per token
-    bandwidth = read_bandwidth()
+    bandwidths.append(read_bandwidth())
+    bandwidth = max(bandwidths)
     bound = bandwidth / weight_bytes
     print(machine(args, workers))
     print(f"model:   {args.model}: L={c['num_layers']} C={c['channels']} NH={c['num_heads']} V={c['vocab_size']} "
@@ -609,9 +620,14 @@ def generate_run(args):
         versus = f"{rates[w.kind] / rates['transformers']:.2f}x" if "transformers" in rates else ""
         print(f"| {name} | {first:.0f} | {1e3 / rates[w.kind]:.1f} ({min(per_run):.1f}-{max(per_run):.1f}) | "
               f"{rates[w.kind]:.1f} | {versus} | {w.final['peak_rss_mib']:,.0f} |")
-    print(f"\nbandwidth: {bandwidth / 1e9:.1f} GB/s read ({args.threads} threads, 1 GiB); the weights are "
+    print(f"\nbandwidth: {bandwidth / 1e9:.1f} GB/s read (the higher of {bandwidths[0] / 1e9:.1f} before the runs "
+          f"and {bandwidths[1] / 1e9:.1f} after; {args.threads} threads, 1 GiB); the weights are "
           f"{weight_bytes / 1e6:.0f} MB of float32 read once per token: at most {bound:.1f} tokens/s; ours with the "
           f"KV cache reach {100 * rates['generate'] / bound:.0f}% of that")
+    for w in workers[:2]:
+        print(f"{w.kind}'s buffers: " + ", ".join(f"{name.replace('_', ' ')} {size / 2**20:.1f} MiB"
+                                               for name, size in w.info["buffers"].items())
+              + " (no gradients, no optimizer state)")
     tokens = [w.times[-1]["tokens"] for w in workers]
     agree = [next((i for i, (a, b) in enumerate(zip(tokens[0], t)) if a != b), N) for t in tokens[1:]]
     print("greedy tokens: the KV cache's and " + "; ".join(
@@ -732,8 +748,10 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.sweep and (args.vs or args.profile):
         parser.error("--sweep times ours alone: no --vs or --profile with it")
-    if (args.vs == "transformers") != bool(args.vs and args.generate) or (args.generate and (args.sweep or args.profile)):
-        parser.error("--generate goes with --vs transformers only (and --vs transformers with --generate)")
+    if args.generate and (args.vs == "torch" or args.sweep or args.profile or args.processes):
+        parser.error("--generate goes with --vs transformers only")
+    if args.vs == "transformers" and not args.generate:
+        parser.error("--vs transformers times generation: give --generate")
     try:
         args.sweep_bt = [int(v) for v in args.sweep_bt.split(",")]
     except ValueError:
