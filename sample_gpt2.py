@@ -8,7 +8,6 @@ that the model keeps in its KV cache (section 8 of train_gpt2.py explains it). T
 what it took goes to stderr.
 """
 
-import argparse
 import contextlib
 import math
 import os
@@ -16,15 +15,18 @@ import signal
 import sys
 import time
 
-import train_gpt2 as gpt2
+if __name__ == "__main__":  # Ctrl-C while the libraries load: stop, quietly
+    signal.signal(signal.SIGINT, lambda signum, frame: (print("interrupted", file=sys.stderr), os._exit(130)))
+
+import train_gpt2 as gpt2  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = gpt2.ArgumentParser(
         prog="sample_gpt2.py",
         description="Generate text with a GPT-2 on the CPU, from a prompt, with a KV cache. The draw is llm.c's "
-                    "(softmax, then a uniform coin from its xorshift generator), with the temperature, top-k and "
-                    "top-p of nanoGPT's sample.py and transformers' generate.")
+                    "(softmax, then a uniform coin from its xorshift generator), with a temperature and top-k, as "
+                    "nanoGPT's sample.py, and top-p, as transformers' generate.")
     add = parser.add_argument
     add("-e", "--model", metavar="MODEL", default=gpt2.DEFAULT_MODEL,
         help="llm.c model file (.bin); or a Hugging Face GPT-2, by its name on the hub (gpt2, gpt2-medium, "
@@ -35,7 +37,7 @@ def parse_args(argv=None):
                         help="the text to continue; empty: start from <|endoftext|>, as llm.c (default: empty)")
     prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE (UTF-8)")
     add("-g", "--gen-tokens", type=int, default=128, metavar="N", help="new tokens per sample (default: %(default)s)")
-    add("--temperature", type=float, default=1.0,
+    add("--temperature", type=float, default=1.0, metavar="T",
         help="divides the logits: below 1 sharper, above 1 flatter, 0 always the most likely token (greedy) "
              "(default: %(default)s)")
     add("--top-k", type=int, default=0, metavar="K",
@@ -70,7 +72,7 @@ def read_prompt(args):
     if args.prompt_file is None:
         return args.prompt
     try:
-        return gpt2.read_file(args.prompt_file).decode("utf-8")
+        return gpt2.read_file(args.prompt_file).decode("utf-8-sig")  # without a byte order mark
     except UnicodeDecodeError as e:
         raise gpt2.GPT2Error(f"{args.prompt_file}: not UTF-8 text ({e.reason} at byte {e.start})")
 
@@ -98,7 +100,7 @@ def sample(model, text, prompt, args, rng, pieces):
     stderr."""
     stream = gpt2.TextStream(pieces)
     if not args.ids:
-        sys.stdout.write(text)
+        sys.stdout.write(gpt2.printable(text))
     started = time.perf_counter()
     first_token = None
     tokens = gpt2.generate(model, prompt, args.gen_tokens, rng, args.temperature, args.top_k, args.top_p)
@@ -116,17 +118,24 @@ def sample(model, text, prompt, args, rng, pieces):
         stream.end()
         print(flush=True)
     rest = args.gen_tokens - 1
-    timing = (f"prompt: {len(prompt)} tokens in {(first_token - started) * 1000:.0f} ms (to the first new token)")
+    timing = (f"prompt: {len(prompt)} token{'s' * (len(prompt) > 1)} in {(first_token - started) * 1000:.0f} ms "
+              "(to the first new token)")
     if rest:
         per_token = (ended - first_token) / rest
-        timing += f"; then {rest} tokens at {per_token * 1000:.1f} ms/token, {1 / per_token:.1f} tokens/s"
+        timing += (f"; then {rest} token{'s' * (rest > 1)} at {per_token * 1000:.1f} ms/token, "
+                   f"{1 / per_token:.1f} tokens/s")
     print(timing, file=sys.stderr, flush=True)
 
 
 def main(argv=None):
     previous_handler = signal.signal(signal.SIGINT, gpt2.on_interrupt)
+    for stream in (sys.stdout, sys.stderr):  # a character the terminal's encoding lacks is still printed
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args = parse_args(argv)
+        if sys.stdout is None:
+            raise gpt2.GPT2Error("stdout is closed: there is nowhere to print the text")
         text = read_prompt(args)
         source = gpt2.model_source(args.model)
         print(f"loading {source}", file=sys.stderr, flush=True)

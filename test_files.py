@@ -115,7 +115,7 @@ def test_refuses_bad_tokenizer_and_debug_state(tmp_path, encoding):
 
 
 def test_bad_flags_exit_with_one_line(capsys):
-    for argv in (["-b", "0"], ["-t", "-1"], ["-x", "-2"], ["-g", "65"], ["--no-such-flag"], ["-l", "-1"],
+    for argv in (["-b", "0"], ["-t", "-1"], ["-x", "-2"], ["-g", "0"], ["--no-such-flag"], ["-l", "-1"],
                  ["--beta1", "1.5"], ["-q", "2"], ["-m", "0"], ["-k", "steep"], ["-n", "5"], ["-b", "3", "-d", "100"],
                  ["-c", "nan"], ["-l", "inf"], ["--grad-clip", "nan"], ["-q", "nan"], ["--beta2", "nan"],
                  ["-l", "1e39"], ["-c", "-inf"], ["-u", "3000000000"], ["-x", "2147483648"], ["-o", ""], ["-e", ""],

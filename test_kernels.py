@@ -351,3 +351,11 @@ def test_train_step_clips_to_the_threshold():
     scaled.backward()
     scaled_optimizer.update(1e-3, 1, grad_scale=0.5 / norm)
     np.testing.assert_array_equal(clipped.params_memory, scaled.params_memory)
+
+
+def test_bf16_rounding_of_the_gemm_measurement_is_llmc_s():
+    # dev/gemm_bf16.py rounds float32 to bfloat16 to nearest, ties to even, as llm.c's and the libraries' do
+    from dev.gemm_bf16 import to_bf16
+    values = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-8 + 2**-20, -2.5, 65504.0], dtype=np.float32)
+    widened = (to_bf16(np, values).astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(widened, [1.0, 1.0, 1.0 + 4 * 2**-8, 1.0 + 2**-7, -2.5, 65536.0])

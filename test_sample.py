@@ -4,16 +4,16 @@ KV cache against a float64 full recomputation, the trainer's samples against llm
 sample_gpt2.py's command line.
 """
 
-import math
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
 import sample_gpt2
 import train_gpt2 as g
-from conftest import FIXTURE_MODEL, HERE, random_model
+from conftest import FIXTURE_MODEL, HERE, assert_refused, random_model
 
 # a small vocabulary, two padded rows whose large logits the draw must never see, and a tie (tokens 1 and 5)
 LOGITS = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 1.0, 50.0, 50.0], dtype=np.float32)
@@ -52,6 +52,65 @@ def test_the_draw_follows_temperature_top_k_and_top_p(temperature, top_k, top_p,
     assert np.count_nonzero(expected) == support
     np.testing.assert_allclose(shares[:V], expected, atol=2 / N)
     assert shares[V:].sum() == 0  # never a padded token
+
+
+# ties across the top-k boundary in a larger vocabulary: 9 tokens share the largest logit, 7 the next
+TIES = np.array([0.0] * 17 + [3.0, 1.0, 3.0, 1.0, 3.0] + [1.0] * 5 + [3.0] * 6 + [2.5] * 5, dtype=np.float32)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(4, 1.0), (9, 1.0), (12, 1.0), (0, 0.3), (0, 0.95), (11, 0.9)])
+def test_equal_probabilities_are_taken_by_token_id(top_k, top_p):
+    N, V = 20000, len(TIES)
+    coins = ((np.arange(N) + 0.5) / N).astype(np.float32)
+    shares = np.bincount([g.sample_token(TIES, V, coin, 1.0, top_k, top_p) for coin in coins], minlength=V) / N
+    np.testing.assert_allclose(shares, expected_distribution(TIES.astype(np.float64), 1.0, top_k, top_p), atol=2 / N)
+
+
+def test_the_draw_keeps_llmc_s_comparison_and_never_returns_a_filtered_token():
+    assert g.sample_token(np.zeros(2, np.float32), 2, np.float32(0.5)) == 1  # llm.c: coin < cdf, not <=
+    # a coin above the float32 sum of the kept probabilities: the last kept token, not token V-1
+    logits = np.array([0.79492515, -3.48639035, -0.87693375, -0.29719201, -2.84974957, 3.76467657, -1.08154678,
+                       2.77994346, -1.32868421, -0.45994231], dtype=np.float32)
+    probs = np.exp(logits - logits.max())
+    kept, total = g.keep_most_likely(probs / probs.sum(), 3, 1.0), np.float32(0)
+    for p in kept:
+        total += p
+    coin = np.float32(1 - 2**-24)
+    assert total < coin and set(np.nonzero(kept)[0]) == {5, 7, 0}  # the sum falls short of the coin
+    assert g.sample_token(logits, 10, coin, 1.0, 3, 1.0) == 7  # the last of the three, in token order
+    assert g.sample_token(logits, 10, np.float32(0.5), 1e-46) == 5  # a temperature float32 rounds to 0: greedy
+
+
+def test_printable_drops_control_characters_only():
+    text = "a\u00a0b\u200dc\u3000d\u00ad\u2028e\t\n"
+    assert g.printable(text) == text
+    assert g.printable("x\x1b[31my\x07\x00\x85z") == "x[31myz"
+
+
+def test_generate_checks_its_model_and_keeps_numba_s_threads():
+    model = random_model(g.GPT2Config(max_seq_len=16, vocab_size=11, padded_vocab_size=16, num_layers=1,
+                                      num_heads=2, channels=8), np.float32)
+    model.allocate(1, 3, context=6)
+    for prompt, count in (([1, 2, 3, 4], 1), ([1, 2], 6), ([], 1)):
+        with pytest.raises(ValueError, match="do not fit the"):
+            next(g.generate(model, prompt, count, g.XorShift()))
+    threads = numba.get_num_threads()
+    tokens = g.generate(model, [1, 2], 5, g.XorShift())
+    for n, _ in enumerate(tokens):
+        assert numba.get_num_threads() == threads  # between tokens too
+        if n == 2:
+            break
+    with pytest.raises(ValueError, match="shorter than T=3"):
+        model.allocate(1, 3, context=2)
+    with pytest.raises(ValueError, match="no KV cache"):
+        model.allocate(1, 3, training=True, context=6)
+
+
+def test_trainer_samples_up_to_the_model_s_context(shards, capsys):
+    assert_refused(shards + ["-x", "1", "-t", "8", "-g", "33"], capsys, "-g 33 tokens per sample is more than the model's "
+                                                             "context of 32")
+    code, out, err = g.main(shards + ["-x", "1", "-t", "8", "-g", "32"]), *capsys.readouterr()
+    assert code == 0 and "generating:" in out, err
 
 
 def greedy_reference(params, config, prompt, num_tokens):

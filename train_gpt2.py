@@ -40,6 +40,7 @@ import re
 import signal
 import sys
 import time
+import unicodedata
 import zlib
 from types import SimpleNamespace
 
@@ -720,7 +721,11 @@ class GPT2:
         runs forward, as generating text or evaluating does, and keeps a KV cache instead: each layer's keys and
         values of the first `context` positions (T unless given) of every sequence, (L, B, context, 2C), which
         lets a forward pass continue a sequence from `pos`."""
+        if training and context:
+            raise ValueError("a model allocated for training keeps no KV cache, and so has no context to size")
         context = context or T
+        if context < T:
+            raise ValueError(f"a context of {context} positions is shorter than T={T}")
         for what, length in ((f"sequence length T={T}", T), (f"context of {context} positions", context)):
             if length > self.config.max_seq_len:
                 raise GPT2Error(f"{what} is longer than the model's maximum {self.config.max_seq_len}")
@@ -1313,7 +1318,7 @@ def read_tokenizer(path):
 def sample_token(logits, V, coin, temperature=1.0, top_k=0, top_p=1.0):
     # logits (Vp,) -> a token id below V; coin is uniform in [0, 1). In float32, as llm.c's softmax and
     # sample_mult: with the defaults, exactly those
-    if temperature == 0:
+    if np.float32(temperature) == 0:
         return np.argmax(logits[:V])
     maxval = logits[:V].max()
     probs = np.exp((logits[:V] - maxval) / np.float32(temperature))
@@ -1325,22 +1330,38 @@ def sample_token(logits, V, coin, temperature=1.0, top_k=0, top_p=1.0):
         cdf += probs[i]
         if coin < cdf:
             return i
+    for i in range(V - 1, -1, -1):  # the sum fell short of the coin by a rounding: the last token that may come
+        if probs[i] > 0:
+            return i
     return V - 1
 
 
 @njit(cache=True)
 def keep_most_likely(probs, top_k, top_p):
     # probs (V,) -> the probabilities of the top_k most likely tokens (all if 0) and, of those, of the fewest most
-    # likely whose probabilities add up to top_p or more (their share of the top_k's), rescaled to sum to 1; the
-    # others 0. Equal probabilities are taken in the order of their token ids.
-    order = np.argsort(-probs, kind="mergesort")
-    keep = len(probs) if top_k <= 0 else min(top_k, len(probs))
+    # likely whose probabilities add up to top_p or more (of the top_k's sum), rescaled to sum to 1; the others 0.
+    # Equal probabilities are taken in the order of their token ids. Sorting all V tokens for every draw would
+    # cost more than a GPT-2 124M forward pass, so only candidates are sorted: the top_k found by a partition,
+    # or, for top-p alone, the tokens above the largest threshold whose tokens reach top_p of the sum.
+    V = len(probs)
+    k = V if top_k <= 0 else min(top_k, V)
+    candidates = np.arange(V)
+    if k < V:
+        candidates = np.nonzero(probs >= np.partition(probs, V - k)[V - k])[0]  # the k-th largest, and above
+    elif top_p < 1:
+        for threshold in (1e-3, 1e-5, 1e-7):
+            above = np.nonzero(probs >= threshold)[0]
+            if probs[above].sum() >= top_p * probs.sum():
+                candidates = above
+                break
+    order = candidates[np.argsort(-probs[candidates], kind="mergesort")]  # most likely first
+    keep = min(k, len(order))
     if top_p < 1:
-        top_k_sum = probs[order[:keep]].sum()
+        target = top_p * (probs[order[:k]].sum() if k < V else probs.sum())
         running = np.float32(0.0)
         for n in range(keep):
             running += probs[order[n]]
-            if running >= top_p * top_k_sum:
+            if running >= target:
                 keep = n + 1
                 break
     kept = np.zeros_like(probs)
@@ -1352,26 +1373,39 @@ def generate(model, prompt, num_tokens, rng, temperature=1.0, top_k=0, top_p=1.0
     """Yields num_tokens new tokens, one at a time, drawn after `prompt` (a list of token ids) with the coins of
     rng (XorShift). The model is allocated without training, for B=1, T >= len(prompt) and a context of at least
     len(prompt) + num_tokens - 1 positions (the last token drawn never runs through it)."""
+    _, T, context = model.capacity
+    if model.training or not 1 <= len(prompt) <= T or len(prompt) + num_tokens - 1 > context:
+        raise ValueError(f"a prompt of {len(prompt)} tokens and {num_tokens} new tokens do not fit the "
+                         f"(B, T, context) {model.capacity} of a model allocated without training")
+    V, top_k = model.config.vocab_size, min(int(top_k), model.config.vocab_size)
     model.forward(np.array([prompt], dtype=np.int32))  # the whole prompt at once
     logits = model.activations(1, len(prompt)).logits[0, -1]
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)  # one position is too little work to share: numba's kernels keep to this thread
-    try:                      # (waking the others cost 5% of a step), and the matrix products to BLAS's threads
-        for n in range(num_tokens):
-            token = int(sample_token(logits, model.config.vocab_size, rng.random_f32(), float(temperature),
-                                     int(top_k), float(top_p)))
-            yield token
-            if n + 1 < num_tokens:
-                pos = len(prompt) + n  # the new token's position: it attends to the cache's first pos positions
+    for n in range(num_tokens):
+        token = int(sample_token(logits, V, rng.random_f32(), float(temperature), top_k, float(top_p)))
+        yield token
+        if n + 1 < num_tokens:
+            pos = len(prompt) + n  # the new token's position: it attends to the cache's first pos positions
+            with one_numba_thread():
                 model.forward(np.array([[token]], dtype=np.int32), pos=pos)
-                logits = model.activations(1, 1, pos).logits[0, 0]
+            logits = model.activations(1, 1, pos).logits[0, 0]
+
+
+@contextlib.contextmanager
+def one_numba_thread():
+    """One position is too little work to share: waking numba's other threads for each small kernel cost 5% of a
+    token. Numba's kernels then keep to the calling thread; the matrix products still use all of BLAS's."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
     finally:
         numba.set_num_threads(threads)
 
 
 def printable(text):
-    """Drops control characters except whitespace, as llm.c's safe_printf drops the bytes that are not printable."""
-    return "".join(ch for ch in text if ch.isprintable() or ch in " \t\n\v\f\r")
+    """Drops control characters but whitespace, as llm.c's safe_printf drops the single bytes that are neither
+    printable nor space: a sample's text then cannot move the terminal's cursor or change its colours."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc" or ch in " \t\n\v\f\r")
 
 
 class TextStream:
@@ -1666,8 +1700,6 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} is empty")
     if args.overfit and not args.val_data:
         parser.error("-a 1 trains on the validation data: it needs -j")
-    if args.sample_every and args.gen_tokens > args.seq_len:
-        parser.error(f"--gen-tokens {args.gen_tokens} is more than the sequence length {args.seq_len}")
     tokens_per_micro_batch = args.batch_size * args.seq_len
     if args.total_batch_size is not None and (args.total_batch_size <= 0
                                               or args.total_batch_size % tokens_per_micro_batch):
@@ -2149,6 +2181,9 @@ def train(args, processes):
     with processes.together():
         tokenizer = sampling_tokenizer(args, cfg) if rank == 0 else None  # rank 0 samples
     if tokenizer:  # the model's parameters, and a KV cache to generate from them (see generate)
+        if args.gen_tokens > cfg.max_seq_len:
+            raise GPT2Error(f"-g {args.gen_tokens} tokens per sample is more than the model's context of "
+                            f"{cfg.max_seq_len}")
         sampler = GPT2(cfg, model.params_memory)
         sampler.allocate(1, 1, context=args.gen_tokens)
     sample_rng = XorShift(1337)
