@@ -87,6 +87,31 @@ def write_tokens(path, tokens):
     return str(path)
 
 
+# Multiple-choice eval files (llm.c's, as dev/data/hellaswag.py writes them)
+
+def write_eval_file(path, examples, longest=None, header_count=None):
+    """llm.c's eval file, written out: [(label, context, [completion, ...])] -> path."""
+    streams = []
+    for index, (label, context, completions) in enumerate(examples):
+        fields = [len(context), *context]
+        for completion in completions:
+            fields += [len(completion), *completion]
+        stream = [65535, 2 * (5 + len(fields)), index, label, len(completions), *fields]
+        streams.append(stream)
+    header = np.zeros(256, "<i4")
+    header[:4] = [20240522, 1, len(examples) if header_count is None else header_count,
+                  longest if longest is not None else max(2 * len(s) for s in streams)]
+    with open(path, "wb") as f:
+        f.write(header.tobytes() + np.array([v for s in streams for v in s], "<u2").tobytes())
+    return str(path)
+
+
+def random_examples(rng, count, vocab_size, context=(3, 12), completion=(1, 6), completions=4):
+    return [(int(rng.integers(0, completions)), list(rng.integers(0, vocab_size, rng.integers(*context))),
+             [list(rng.integers(0, vocab_size, rng.integers(*completion))) for _ in range(completions)])
+            for _ in range(count)]
+
+
 @pytest.fixture(scope="session")
 def encoding():
     return g.gpt2_encoding_offline()

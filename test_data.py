@@ -1,9 +1,11 @@
-"""Tests of the dataset scripts in dev/data/: tinyshakespeare.py, tinystories.py, fineweb.py and data_common.py.
+"""Tests of the dataset scripts in dev/data/: tinyshakespeare.py, tinystories.py, fineweb.py, hellaswag.py and
+data_common.py.
 
 Offline and fast: every input is small and made here in tmp_path (text, JSON, JSON lines, parquet, a .tar.gz
 served from 127.0.0.1). The shards must hold exactly what the GPT-2 tokenizer makes of the documents, with EOT
 before each; splits, names and headers as llm.c has them; reruns write nothing, resumed runs the same bytes as
-fresh ones; and bad input is one line on stderr and a non-zero status.
+fresh ones; HellaSwag's eval file byte for byte as llm.c writes it; and bad input is one line on stderr and a
+non-zero status.
 """
 
 import functools
@@ -12,17 +14,19 @@ import io
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
 import tarfile
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 import train_gpt2
 from conftest import dead_pid
-from dev.data import data_common, fineweb, tinyshakespeare, tinystories
+from dev.data import data_common, fineweb, hellaswag, tinyshakespeare, tinystories
 from train_gpt2 import EOT_TOKEN, HEADER_BYTES, read_shard_header
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -411,6 +415,222 @@ def test_fineweb_bad_input(tmp_path, case):
     result = run_script("fineweb", "--input", tmp_path / "docs.jsonl", "--out-dir", tmp_path / "out",
                         "--workers", "1", cwd=tmp_path)
     assert_one_error_line(result, *fragments)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hellaswag.py
+
+# Lines of hellaswag_val.jsonl, in its format: ActivityNet examples (ctx = ctx_a + " " + ctx_b), WikiHow ones (ctx_b
+# empty, [header]/[title]/[step] markers), text beyond ASCII
+HELLASWAG = [
+    {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
+     "ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain", "label": 3,
+     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+                 "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
+     "source_id": "activitynet~v_-JhWjGDPHMY"},
+    {"ind": 92, "activity_label": "Clean and jerk", "ctx_a": "A lady walks to a barbell. She bends down and grabs "
+     "the pole.", "ctx_b": "the lady", "ctx": "A lady walks to a barbell. She bends down and grabs the pole. the lady",
+     "split": "val", "split_type": "zeroshot", "label": 3,
+     "endings": ["swings and lands in her arms.", "pulls the barbell forward.",
+                 "pulls a rope attached to the barbell.", "stands and lifts the weight over her head."],
+     "source_id": "activitynet~v_-lJS58hyo1c"},
+    {"ind": 1507, "activity_label": "Home and Garden", "ctx_a": "[header] How to descale a coffee maker [title] "
+     "Fill the reservoir with vinegar. [step] Use equal parts white vinegar and water.", "ctx_b": "",
+     "ctx": "[header] How to descale a coffee maker [title] Fill the reservoir with vinegar. [step] Use equal parts "
+     "white vinegar and water.", "split": "val", "split_type": "indomain", "label": 0,
+     "endings": ["Run half a brewing cycle, then let it sit for 30 minutes. [substeps] The vinegar loosens the "
+                 "scale.", "[title] Buy a new coffee maker.  [step] It is cheaper.",
+                 "Pour the mixture over your plants.", ""],
+     "source_id": "wikihow~2817"},
+    {"ind": 3021, "activity_label": "Making a cake", "ctx_a": "A woman folds crème fraîche into a bowl of batter.",
+     "ctx_b": "she", "ctx": "A woman folds crème fraîche into a bowl of batter. she", "split": "val",
+     "split_type": "zeroshot", "label": 1,
+     "endings": ["pours it into a tin — ½ of it — and slides it into the oven.",
+                 "pours the batter into a pan and puts it in the oven.",
+                 "eats the bowl 🍰.", "throws the bowl to the dog , who catches it."],
+     "source_id": "activitynet~v_x1yZ8c-Tq2k"},
+]
+
+
+def write_hellaswag(path, records):
+    """JSON lines as hellaswag_val.jsonl has them (text beyond ASCII as UTF-8, not escaped)."""
+    with open(path, "wb") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+
+
+def hellaswag_expected(enc, records):
+    """llm.c's eval file for these records, built here: its render_example (enc.encode of ctx and of " " + each
+    ending) and its write_evalfile's layout (256 int32 of header; per example 65535, its bytes, its index, label,
+    number of completions, the context's length and tokens, each completion's length and tokens, as uint16)."""
+    examples = []
+    for index, record in enumerate(records):
+        context = enc.encode(record["ctx"])
+        endings = [enc.encode(" " + ending) for ending in record["endings"]]
+        fields = [index, record["label"], len(endings), len(context), *context]
+        for tokens in endings:
+            fields += [len(tokens), *tokens]
+        examples.append(struct.pack(f"<{2 + len(fields)}H", 65535, 2 * (2 + len(fields)), *fields))
+    longest = max(len(example) for example in examples)
+    return struct.pack("<256i", 20240522, 1, len(records), longest, *[0] * 252) + b"".join(examples)
+
+
+def read_evalfile(path):
+    """An eval file's examples, (label, context tokens, [completion tokens, ...]) each, its layout checked."""
+    data = path.read_bytes()
+    magic, version, count, longest = struct.unpack_from("<4i", data)
+    assert (magic, version) == (20240522, 1) and not any(struct.unpack_from("<252i", data, 16))
+    stream = np.frombuffer(data, dtype="<u2", offset=1024).tolist()
+    examples, at = [], 0
+    for index in range(count):
+        delimiter, size, stored_index, label, completions = stream[at:at + 5]
+        assert (delimiter, stored_index) == (65535, index) and size <= longest
+        example, parts, position = stream[at:at + size // 2], [], 5
+        for _ in range(1 + completions):
+            parts.append(example[position + 1:position + 1 + example[position]])
+            position += 1 + example[position]
+        assert position == len(example)
+        examples.append((label, parts[0], parts[1:]))
+        at += size // 2
+    assert at == len(stream)
+    assert longest == max(2 * (6 + len(c) + sum(1 + len(e) for e in es)) for _, c, es in examples)
+    return examples
+
+
+def test_hellaswag_eval_file_as_llmc(tmp_path, monkeypatch, enc, capsys):
+    write_hellaswag(tmp_path / "hellaswag_val.jsonl", HELLASWAG)
+    out = tmp_path / "eval" / "hs.bin"
+    assert run_main(hellaswag, ["--input", tmp_path / "hellaswag_val.jsonl", "-o", out]) == 0
+    assert out.read_bytes() == hellaswag_expected(enc, HELLASWAG)
+    assert f"wrote {out}: 4 examples, " in capsys.readouterr().out
+    examples = read_evalfile(out)
+    assert [label for label, _, _ in examples] == [3, 3, 0, 1]
+    for (label, context, endings), record in zip(examples, HELLASWAG):
+        assert enc.decode(context) == record["ctx"]
+        assert [enc.decode(tokens) for tokens in endings] == [" " + ending for ending in record["endings"]]
+    assert examples[2][2][3] == [220]  # an empty ending is its space
+    # the default output, where the trainer's examples look; the same bytes again, and nothing else left there
+    monkeypatch.chdir(tmp_path)
+    assert run_main(hellaswag, ["-i", "hellaswag_val.jsonl"]) == 0
+    assert os.listdir(tmp_path / "data" / "hellaswag") == ["hellaswag_val.bin"]
+    assert (tmp_path / "data" / "hellaswag" / "hellaswag_val.bin").read_bytes() == out.read_bytes()
+    # blank lines (a trailing one) are no examples
+    (tmp_path / "blank.jsonl").write_bytes(b"\n" + (tmp_path / "hellaswag_val.jsonl").read_bytes() + b"\n \n")
+    assert run_main(hellaswag, ["-i", "blank.jsonl", "-o", "blank.bin"]) == 0
+    assert (tmp_path / "blank.bin").read_bytes() == out.read_bytes()
+
+
+@contextmanager
+def serving(directory, monkeypatch):
+    """A web server on 127.0.0.1 for the files of `directory`; yields its address."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler,
+                                                                                  directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hellaswag_downloads_the_validation_set(tmp_path, monkeypatch, enc, capsys):
+    assert hellaswag.URL == "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+    (tmp_path / "served").mkdir()
+    write_hellaswag(tmp_path / "served" / "hellaswag_val.jsonl", HELLASWAG)
+    monkeypatch.chdir(tmp_path)
+    with serving(tmp_path / "served", monkeypatch) as address:
+        monkeypatch.setattr(hellaswag, "URL", f"{address}/hellaswag_val.jsonl")  # the stand-in for GitHub's
+        assert run_main(hellaswag, []) == 0
+        assert run_main(hellaswag, ["--url", f"{address}/missing.jsonl", "-o", "elsewhere/hs.bin"]) == 1
+    downloaded = tmp_path / "data" / "hellaswag"
+    assert sorted(os.listdir(downloaded)) == ["hellaswag_val.bin", "hellaswag_val.jsonl"]
+    assert (downloaded / "hellaswag_val.jsonl").read_bytes() == \
+        (tmp_path / "served" / "hellaswag_val.jsonl").read_bytes()
+    assert (downloaded / "hellaswag_val.bin").read_bytes() == hellaswag_expected(enc, HELLASWAG)
+    captured = capsys.readouterr()
+    assert "cannot download HellaSwag's validation set" in captured.err and "--input" in captured.err
+    assert os.listdir(tmp_path / "elsewhere") == []  # nothing half-downloaded
+    # a rerun uses the file downloaded already (the server is gone)
+    (downloaded / "hellaswag_val.bin").unlink()
+    assert run_main(hellaswag, []) == 0
+    assert "downloaded already" in capsys.readouterr().out
+    assert (downloaded / "hellaswag_val.bin").read_bytes() == hellaswag_expected(enc, HELLASWAG)
+
+
+def hellaswag_lines(**changes):
+    """The examples as JSON lines, with changes {index: record or bytes} to some."""
+    records = [changes.get(f"line{i + 1}", record) for i, record in enumerate(HELLASWAG)]
+    return b"".join(r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n" for r in records)
+
+
+def changed(index, **fields):
+    record = dict(HELLASWAG[index], **fields)
+    return {key: value for key, value in record.items() if value is not None}
+
+
+HELLASWAG_BAD = {
+    "empty file": (b"\n \n", "empty file"),
+    "malformed JSON": (hellaswag_lines(line2=b'{"ctx": "a", \n'), "line 2 is not valid JSON"),
+    "not an object": (hellaswag_lines(line1=b"[1, 2]\n"), "line 1 is not a JSON object"),
+    "no endings": (hellaswag_lines(line3=changed(2, endings=None)), "line 3 has no 'endings' field"),
+    "no label": (hellaswag_lines(line2=changed(1, label=None)), "line 2 has no 'label' field"),
+    "ctx not a string": (hellaswag_lines(line1=changed(0, ctx=["A man"])), "line 1: 'ctx' is not a string"),
+    "3 endings": (hellaswag_lines(line4=changed(3, endings=["a", "b", "c"])), "line 4: 3 endings"),
+    "an ending not a string": (hellaswag_lines(line1=changed(0, endings=["a", "b", "c", 4])),
+                               "line 1: 'endings' is not a list of strings"),
+    "label out of range": (hellaswag_lines(line3=changed(2, label=4)), "line 3: 'label' is 4, not the index"),
+    "label negative": (hellaswag_lines(line3=changed(2, label=-1)), "line 3: 'label' is -1"),
+    "label a string": (hellaswag_lines(line2=changed(1, label="3")), "line 2: 'label' is '3'"),
+    "empty ctx": (hellaswag_lines(line2=changed(1, ctx="")), "line 2: its 'ctx' is empty"),
+    "not UTF-8": (hellaswag_lines(line2=b'{"ctx": "caf\xe9", "label": 0, "endings": ["a", "b", "c", "d"]}\n'),
+                  "line 2: its ctx is not valid UTF-8"),
+    "lone surrogate": (hellaswag_lines(line4=changed(3, endings=["a", "b", "\udcff", "d"])),
+                       "line 4: its ending 2 is not valid UTF-8"),
+    "example too large": (hellaswag_lines(line2=changed(1, ctx=" a" * 33000)),
+                          "line 2: the example takes 66,"),
+    "too many examples": (b'{"ctx": "a"}\n' * 65536,
+                          "line 65,536 is example 65,536: an eval file holds at most 65,535"),
+}
+
+
+@pytest.mark.parametrize("case", list(HELLASWAG_BAD))
+def test_hellaswag_bad_input(tmp_path, capsys, case):
+    content, fragment = HELLASWAG_BAD[case]
+    (tmp_path / "hs.jsonl").write_bytes(content)
+    assert run_main(hellaswag, ["--input", tmp_path / "hs.jsonl", "-o", tmp_path / "out" / "hs.bin"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'hs.jsonl'}: ") and fragment in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "FIFO", "malformed JSON"])
+def test_hellaswag_bad_input_as_a_command(tmp_path, case):
+    path = tmp_path / "hs.jsonl"
+    if case == "FIFO":  # reading it would wait forever for a writer
+        os.mkfifo(path)
+    if case == "malformed JSON":
+        path.write_bytes(HELLASWAG_BAD[case][0])
+    fragment = {"missing": "cannot open", "FIFO": "not a regular file", "malformed JSON": "line 2 is not valid JSON"}
+    result = run_script("hellaswag", "--input", path, cwd=tmp_path)
+    assert_one_error_line(result, "hs.jsonl", fragment[case])
+    assert not (tmp_path / "data").exists()
+
+
+def test_write_evalfile_refuses_what_llmc_cannot_read(tmp_path):
+    path = tmp_path / "eval.bin"
+    good = (1, [10, 11], [[12], [13, 14]])
+    data_common.write_evalfile(path, [good, (0, [5], [[6]])])  # any number of completions, as the format allows
+    assert read_evalfile(path) == [good, (0, [5], [[6]])]
+    for examples, fragment in [([], "no examples"), ([(2, [1], [[2], [3]])], "example 0: label 2"),
+                               ([good, (0, [1], [[2], []])], "example 1: an empty context or completion"),
+                               ([(0, [], [[2]])], "an empty context"), ([(0, [65535], [[2]])], "token ids must be"),
+                               ([(0, [1] * 40000, [[2]])], "takes 80,016 bytes"),
+                               ([(0, [1], [[2]])] * 65536, "65,536 examples, more than the 65,535")]:
+        with pytest.raises(train_gpt2.GPT2Error, match=fragment):
+            data_common.write_evalfile(tmp_path / "refused.bin", examples)
+    assert os.listdir(tmp_path) == ["eval.bin"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import train_gpt2 as g
-from conftest import FIXTURE_MODEL, HERE, read_log, trainer_args, write_tokens
+from conftest import FIXTURE_MODEL, HERE, random_examples, read_log, trainer_args, write_eval_file, write_tokens
 
 TRAINER = os.path.join(HERE, "train_gpt2.py")
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -70,6 +70,17 @@ def test_two_processes_train_as_one_with_twice_the_rows(run_dir, zero, accumulat
     moments = 2 * 4 * g.load_model(FIXTURE_MODEL).num_parameters  # m and v of every parameter, in float32
     state_size = os.path.getsize(run_dir / "two" / "state_00000006_00001.bin")
     assert (moments / 2 < state_size < moments) if zero == "1" else (state_size > moments)
+
+
+def test_two_processes_split_the_evaluation(run_dir):
+    # -x 0 --eval-data: each process scores its share of the examples; the right answers are summed
+    eval_file = write_eval_file(run_dir / "eval.bin", random_examples(np.random.default_rng(8), 11, 500))
+    argv = ["-e", FIXTURE_MODEL, "-x", "0", "-t", "8", "-s", "0", "-j", "", "--eval-data", eval_file]
+    one, two = run(run_dir, argv), run(run_dir, argv, processes=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    lines = [[line.split(" (")[0] for line in p.stdout.splitlines() if line.startswith("eval accuracy")]
+             for p in (one, two)]
+    assert lines[0] == lines[1] and len(lines[0]) == 1 and "/11 = " in lines[0][0]
 
 
 def test_the_tcp_transport_between_machines(run_dir):

@@ -79,6 +79,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 MODEL_MAGIC, TOKENIZER_MAGIC, SHARD_MAGIC = 20240326, 20240328, 20240520
 STATE_MAGIC = 20240527  # the training state of llm.c's full trainer
+EVAL_MAGIC = 20240522  # a multiple-choice evaluation set, such as HellaSwag's
 
 
 class GPT2Error(Exception):
@@ -1232,6 +1233,54 @@ class DataLoader:
         self.open_shard(shard_index)
 
 
+# A multiple-choice evaluation set, such as HellaSwag's (dev/data/hellaswag.py writes it), is llm.c's eval file:
+# a header ([2] = number of examples, [3] = the longest example's bytes), then each example as a stream of uint16:
+# 65535 (a delimiter), the example's bytes, its index, its label (the right completion), its number of
+# completions, its context (a length, then the tokens), and each completion (a length, then the tokens).
+
+def read_eval_file(path, vocab_size):
+    """The examples of an eval file, every field checked: [(label, context tokens, [completion tokens, ...])]."""
+    header = read_header(path, EVAL_MAGIC, (1,))
+    num_examples, longest = int(header[2]), int(header[3])
+    body = read_file(path)[HEADER_BYTES:]
+    data = np.frombuffer(body[:len(body) // 2 * 2], dtype="<u2")
+    examples, offset = [], 0
+    for index in range(num_examples):
+        where = f"{path}: example {index}"
+        if offset + 6 > len(data):
+            raise GPT2Error(f"{path}: truncated: {index} of {num_examples} examples")
+        delimiter, size, stored_index, label, count = (int(v) for v in data[offset:offset + 5])
+        if delimiter != 65535:
+            raise GPT2Error(f"{where}: no delimiter (65535) where it should start")
+        if size % 2 or not 12 <= size <= longest:
+            raise GPT2Error(f"{where}: a byte count of {size}, where the header's longest example is {longest}")
+        if offset + size // 2 > len(data):
+            raise GPT2Error(f"{path}: truncated: example {index} is {size} bytes, {2 * (len(data) - offset)} are left")
+        if stored_index != index:
+            raise GPT2Error(f"{where}: holds the index {stored_index}")
+        stream, parts, at = data[offset + 5:offset + size // 2], [], 0
+        for _ in range(1 + count):  # the context, then the completions: each a length and that many tokens
+            length = int(stream[at]) if at < len(stream) else 0
+            if length == 0 or at + 1 + length > len(stream):
+                raise GPT2Error(f"{where}: an empty context or completion, or one that runs past its {size} bytes")
+            parts.append(stream[at + 1:at + 1 + length].astype(np.int32))
+            at += 1 + length
+        if at != len(stream):
+            raise GPT2Error(f"{where}: its {size} bytes are not its fields' {2 * (5 + at)}")
+        if not label < count:
+            raise GPT2Error(f"{where}: label {label} of {count} completions")
+        bad = [token for part in parts for token in part if token >= vocab_size]
+        if bad:
+            raise GPT2Error(f"{where}: token id {bad[0]} is out of range for vocab size {vocab_size}")
+        examples.append((label, parts[0], parts[1:]))
+        offset += size // 2
+    if 2 * offset != len(body) or max((2 * (5 + sum(1 + len(p) for p in [c, *e])) for _, c, e in examples),
+                                      default=longest) != longest:
+        raise GPT2Error(f"{path}: its size or its header's longest example ({longest} bytes) disagrees with its "
+                        f"{num_examples} examples")
+    return examples
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 7. Tokenizer
 #
@@ -1495,9 +1544,12 @@ class Processes:
         """Rank 0's value, on every process."""
         return self.comm.bcast(value) if self.comm else value
 
+    def sum(self, value):
+        """The sum of a number over the processes, the same on every process (added up in rank order)."""
+        return sum(self.comm.allgather(value)) if self.comm else value
+
     def average(self, value):
-        """The mean of a number over the processes, the same on every process (added up in rank order)."""
-        return sum(self.comm.allgather(value)) / self.count if self.comm else value
+        return self.sum(value) / self.count
 
     def sum_gradients(self, model, optimizer):
         """Every process's gradients summed: with ZeRO-1 into this process's slice of the gradient buffer, where its
@@ -1617,6 +1669,7 @@ class TrainConfig:
     val_max_steps: int = 5                # -m
     sample_every: int = 20                # -s
     gen_tokens: int = 64                  # -g
+    eval_data: str | None = None          # --eval-data
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -1676,6 +1729,9 @@ def parse_args(argv=None):
         help="sample text every N steps, 0: never (default: %(default)s)")
     add("-g", "--gen-tokens", type=int, metavar="N",
         help="tokens per sample, the first being EOT (default: %(default)s)")
+    add("--eval-data", metavar="FILE",
+        help="llm.c eval file (HellaSwag's: python -m dev.data.hellaswag): its accuracy at step 0, every -v steps "
+             "and at the end; with -x 0, the model is evaluated and nothing trained (default: none)")
     parser.set_defaults(**dataclasses.asdict(TrainConfig()))
     args = TrainConfig(**vars(parser.parse_args(argv)))
     for name in ("batch_size", "seq_len", "gen_tokens", "val_max_steps"):
@@ -1695,9 +1751,11 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must not be negative")
         if (getattr(args, name) or 0) >= 2**31:  # a training state keeps them as int32
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} is too large: at most {2**31 - 1}")
-    for name in ("model", "train_data", "output_dir"):
+    for name in ("model", "train_data", "output_dir", "eval_data"):
         if getattr(args, name) == "":
             parser.error(f"--{name.replace('_', '-')} is empty")
+    if args.max_steps == 0 and args.output_dir:
+        parser.error("-x 0 trains nothing: there is no run to keep in -o")
     if args.overfit and not args.val_data:
         parser.error("-a 1 trains on the validation data: it needs -j")
     tokens_per_micro_batch = args.batch_size * args.seq_len
@@ -2045,9 +2103,9 @@ def trim_log(out_dir, step):
     with open(path, "rb") as f:
         lines = f.read().splitlines(keepends=True)
 
-    def logged_before(line):  # the validation of `step` itself came before its checkpoint
+    def logged_before(line):  # the validation and evaluation of `step` itself came before its checkpoint
         match = re.match(rb"s:([0-9]+) ", line)
-        return match and (int(match[1]) < step or (int(match[1]) == step and b" tel:" in line))
+        return match and (int(match[1]) < step or (int(match[1]) == step and (b" tel:" in line or b" eval:" in line)))
 
     write_atomically(path, [np.frombuffer(b"".join(filter(logged_before, lines)), dtype=np.uint8)])
 
@@ -2088,13 +2146,16 @@ def data_loaders(args, config, processes):
     """The training and validation loaders, each process reading its rows. As llm.c, overfitting (-a 1) trains
     on the first batches of the validation set, unshuffled. The default data, Tiny Shakespeare, is prepared the
     first time (by rank 0, while the others wait)."""
+    B, T, V, rank, count = args.batch_size, args.seq_len, config.vocab_size, processes.rank, processes.count
+    if args.max_steps == 0:  # evaluating only: no training data, and the default validation data only if there
+        has_val = args.val_data and (args.val_data != DEFAULT_VAL or os.path.exists(DEFAULT_VAL))
+        return None, DataLoader(args.val_data, B, T, V, process_rank=rank, num_processes=count) if has_val else None
     with processes.together():
         if processes.rank == 0 and (args.train_data, args.val_data) == (DEFAULT_TRAIN, DEFAULT_VAL) and not (
                 os.path.exists(DEFAULT_TRAIN) and os.path.exists(DEFAULT_VAL)):
             print(f"{DEFAULT_TRAIN} not found: preparing Tiny Shakespeare")
             from dev.data.tinyshakespeare import prepare_tinyshakespeare
             prepare_tinyshakespeare(TINYSHAKESPEARE_DIR)
-    B, T, V, rank, count = args.batch_size, args.seq_len, config.vocab_size, processes.rank, processes.count
     train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, V, shuffle=not args.overfit,
                               process_rank=rank, num_processes=count)
     val_loader = DataLoader(args.val_data, B, T, V, process_rank=rank, num_processes=count) if args.val_data else None
@@ -2126,6 +2187,57 @@ def validation_loss(model, loader, max_batches, processes):
     num_batches = min(max_batches, loader.num_batches)
     loss = sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
     return processes.average(loss)
+
+
+EVAL_POSITIONS = 1024  # positions per forward pass when evaluating: the logits are 1024 x Vp floats (206 MB)
+
+
+def evaluation_rows(model, examples, processes):
+    """This process's share of the examples, and a row for each of their completions: (the context and then the
+    completion, the first position whose target is the completion's). A row longer than the model's context keeps
+    its last maxT tokens: the start of the context goes, and if the completion alone is longer, its first tokens
+    are not scored."""
+    per_process = -(-len(examples) // processes.count)
+    mine = examples[processes.rank * per_process:(processes.rank + 1) * per_process]
+    rows = []
+    for _, context, completions in mine:
+        for completion in completions:
+            tokens = np.concatenate([context, completion])[-model.config.max_seq_len:]
+            rows.append((tokens, max(len(tokens) - len(completion), 1) - 1))
+    return mine, rows
+
+
+def evaluation_model(model, examples):
+    """The model's parameters, with activations for the evaluation's forward passes: rows as long as the longest
+    context and completion, as many as fit in EVAL_POSITIONS positions."""
+    evaluator = GPT2(model.config, model.params_memory)
+    longest = max((len(c) + max(map(len, e)) for _, c, e in examples), default=1)
+    T = min(longest, model.config.max_seq_len)
+    evaluator.allocate(max(1, EVAL_POSITIONS // T), T)
+    return evaluator
+
+
+def eval_accuracy(evaluator, examples, processes):
+    """llm.c's multiple-choice score (acc_norm, as its evalloader_stat_losses): each completion runs after its
+    example's context, and the mean loss of its tokens says how unlikely the model finds it; the completion with
+    the lowest is the model's answer (the first of equal ones), right if it is the label. Each process scores its
+    share of the examples; returns (right answers, examples) over all the processes."""
+    mine, rows = evaluation_rows(evaluator, examples, processes)
+    B, mean_losses = evaluator.capacity[0], []
+    for start in range(0, len(rows), B):
+        batch = rows[start:start + B]
+        T = max(len(tokens) for tokens, _ in batch)
+        inputs, targets = np.zeros((len(batch), T), np.int32), np.zeros((len(batch), T), np.int32)
+        for r, (tokens, _) in enumerate(batch):  # shorter rows padded after their end, which they never see
+            inputs[r, :len(tokens)], targets[r, :len(tokens) - 1] = tokens, tokens[1:]
+        evaluator.forward(inputs, targets)
+        losses = evaluator.activations(len(batch), T).losses
+        mean_losses += [losses[r, first:len(tokens) - 1].mean() for r, (tokens, first) in enumerate(batch)]
+    right, at = 0, 0
+    for label, _, completions in mine:
+        right += int(np.argmin(mean_losses[at:at + len(completions)]) == label)
+        at += len(completions)
+    return processes.sum(right), len(examples)
 
 
 def format_duration(seconds):
@@ -2168,16 +2280,25 @@ def train(args, processes):
         print(f"model: max_seq_len {cfg.max_seq_len}, vocab_size {cfg.vocab_size}, padded_vocab_size "
               f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
               f"{cfg.channels}, num_parameters {model.num_parameters:,}")
-        model.allocate(B, T, training=True)  # refuses a T longer than the model's maximum
+        training = args.max_steps != 0  # -x 0 only evaluates: no gradients, no optimizer state
+        model.allocate(B, T, training=training)  # refuses a T longer than the model's maximum
         optimizer = AdamW(model, args.beta1, args.beta2, eps=1e-8, weight_decay=args.weight_decay,
-                          shard=processes.optimizer_shard(model.num_parameters))
+                          shard=processes.optimizer_shard(model.num_parameters)) if training else None
     train_loader, val_loader = data_loaders(args, cfg, processes)
-    args = complete_settings(args, train_loader.num_tokens, processes.count)
+    args = complete_settings(args, train_loader.num_tokens if train_loader else 0, processes.count)
     grad_accum_steps = args.total_batch_size // (B * T * processes.count)
-    print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s)"
-          + (f", val: {val_loader.num_tokens:,} tokens" if val_loader else "")
-          + f"; {args.max_steps} steps of {args.total_batch_size} tokens = {grad_accum_steps} micro-batch(es) "
-            f"of B={B} x T={T}" + (f" on each of {processes.count} processes" if processes.count > 1 else ""))
+    val = f"val: {val_loader.num_tokens:,} tokens" if val_loader else "no validation data"
+    if train_loader:
+        print(f"train: {train_loader.num_tokens:,} tokens in {len(train_loader.files)} shard(s), {val}; "
+              f"{args.max_steps} steps of {args.total_batch_size} tokens = {grad_accum_steps} micro-batch(es) of "
+              f"B={B} x T={T}" + (f" on each of {processes.count} processes" if processes.count > 1 else ""))
+    else:
+        print(f"-x 0: evaluating the model, no training; {val}")
+    examples = read_eval_file(args.eval_data, cfg.vocab_size) if args.eval_data else None
+    if examples:
+        evaluator = evaluation_model(model, examples)  # the model's parameters, with activations to evaluate them
+        print(f"eval: {len(examples):,} examples of {args.eval_data}, {evaluator.capacity[0]} completions of up "
+              f"to {evaluator.capacity[1]} tokens at a time")
     with processes.together():
         tokenizer = sampling_tokenizer(args, cfg) if rank == 0 else None  # rank 0 samples
     if tokenizer:  # the model's parameters, and a KV cache to generate from them (see generate)
@@ -2192,11 +2313,15 @@ def train(args, processes):
     elif out_dir and rank == 0:
         write_atomically(os.path.join(out_dir, "main.log"), [])  # a fresh run starts a fresh log
     start_step = resume_step or 0
-    print(f"memory{' per process' if processes.count > 1 else ''}: parameters and gradients "
-          f"{2 * model.params_memory.nbytes / 2**20:.0f} MiB, AdamW state "
-          f"{(optimizer.m_memory.nbytes + optimizer.v_memory.nbytes) / 2**20:.0f} MiB"
-          f"{f' (ZeRO-1: 1/{processes.count} of it)' if args.zero and processes.count > 1 else ''}, activations "
-          f"{model.acts_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
+    if optimizer:
+        print(f"memory{' per process' if processes.count > 1 else ''}: parameters and gradients "
+              f"{2 * model.params_memory.nbytes / 2**20:.0f} MiB, AdamW state "
+              f"{(optimizer.m_memory.nbytes + optimizer.v_memory.nbytes) / 2**20:.0f} MiB"
+              f"{f' (ZeRO-1: 1/{processes.count} of it)' if args.zero and processes.count > 1 else ''}, activations "
+              f"{model.acts_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
+    else:
+        print(f"memory: parameters {model.params_memory.nbytes / 2**20:.0f} MiB, activations "
+              f"{model.acts_memory.nbytes / 2**20:.0f} MiB; ready in {time.perf_counter() - started:.1f} s")
     load_kernels()
 
     training_time = 0.0
@@ -2212,6 +2337,11 @@ def train(args, processes):
                     raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged", True)
                 print(f"val loss {val_loss:f}")
                 append_log(log_dir, f"s:{step} tel:{val_loss:.4f}\n")
+            if examples and ((args.val_every and step % args.val_every == 0) or last_step):
+                eval_start = time.perf_counter()
+                right, total = eval_accuracy(evaluator, examples, processes)
+                print(f"eval accuracy {right}/{total} = {right / total:.4f} ({time.perf_counter() - eval_start:.1f} s)")
+                append_log(log_dir, f"s:{step} eval:{right / total:.4f}\n")
             if tokenizer and ((step > 0 and step % args.sample_every == 0) or last_step):
                 pieces, eot = tokenizer
                 print("generating:\n---")

@@ -1,5 +1,6 @@
 """What dev/data/tinystories.py and dev/data/fineweb.py share: parallel tokenizing, sharded writing, progress,
-resuming, and the counting of documents that could not be used.
+resuming, and the counting of documents that could not be used. Also the writers of llm.c's files: token shards
+(write_shard) and, for dev/data/hellaswag.py, eval files (write_evalfile), and the download of an input file.
 
 A dataset is one or more *streams* of documents (TinyStories: a val stream and a train stream; FineWeb: one
 stream whose first shard is the validation split). A stream is a list of *units* (an input file, or a dataset
@@ -37,7 +38,7 @@ from collections import deque
 
 import numpy as np
 
-from train_gpt2 import (EOT_TOKEN, SHARD_MAGIC, GPT2Error, gpt2_encoding, new_header, process_exists,
+from train_gpt2 import (EOT_TOKEN, EVAL_MAGIC, SHARD_MAGIC, GPT2Error, gpt2_encoding, new_header, process_exists,
                         read_shard_header, write_atomically)
 
 MAX_SHARD_TOKENS = 2 ** 31 - 1  # a shard's header counts its tokens in an int32
@@ -54,6 +55,53 @@ def write_shard(path, tokens):
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2 ** 16):
         raise GPT2Error(f"{path}: token ids must fit in uint16 (0..65535)")
     write_atomically(path, [new_header(SHARD_MAGIC, 1, tokens.size), tokens.astype("<u2")])
+
+
+EVAL_DELIMITER = 2 ** 16 - 1  # starts every example of an eval file, so no token id can be 65535
+MAX_EVAL_EXAMPLES = 2 ** 16 - 1  # an example's index is a uint16 (llm.c: fewer than 2**16 examples)
+MAX_EVAL_EXAMPLE_BYTES = 2 ** 16 - 1  # and so is its byte count
+
+
+def eval_example_bytes(context, completions):
+    """The bytes an example takes in an eval file: 6 uint16 fields (delimiter, byte count, index, label, number of
+    completions, context length), the context's tokens, and for each completion its length and its tokens."""
+    return 2 * (6 + len(context) + sum(1 + len(tokens) for tokens in completions))
+
+
+def write_evalfile(path, examples):
+    """llm.c's eval file for multiple-choice evaluations (HellaSwag, MMLU), byte for byte as its write_evalfile:
+    header [2] the number of examples, [3] the longest example's bytes; then each example as uint16: 65535, its
+    bytes (of these uint16, from the 65535 on), its index, its label, its number of completions, the context's
+    length and tokens, and each completion's length and tokens.
+
+    examples: (label, context tokens, [completion tokens, ...]) each. Beyond what llm.c's writer asserts, an empty
+    context or completion is refused too: llm.c's loader would stop at it. Returns the longest example's bytes."""
+    if not examples:
+        raise GPT2Error(f"{path}: no examples to write")
+    if len(examples) > MAX_EVAL_EXAMPLES:
+        raise GPT2Error(f"{path}: {len(examples):,} examples, more than the {MAX_EVAL_EXAMPLES:,} an eval file's "
+                        f"uint16 example index can count")
+    stream, longest = [], 0
+    for index, (label, context, completions) in enumerate(examples):
+        where = f"{path}: example {index}"
+        if not completions or not 0 <= label < len(completions):
+            raise GPT2Error(f"{where}: label {label} is not the index of one of its {len(completions)} completions")
+        for part in [context, *completions]:
+            tokens = np.asarray(part, dtype=np.int64)
+            if tokens.size == 0:
+                raise GPT2Error(f"{where}: an empty context or completion")
+            if tokens.min() < 0 or tokens.max() >= EVAL_DELIMITER:
+                raise GPT2Error(f"{where}: token ids must be 0..65534 (65535 starts an example)")
+        size = eval_example_bytes(context, completions)
+        if size > MAX_EVAL_EXAMPLE_BYTES:
+            raise GPT2Error(f"{where}: takes {size:,} bytes, more than the {MAX_EVAL_EXAMPLE_BYTES:,} its uint16 byte "
+                            f"count can hold")
+        longest = max(longest, size)
+        stream += [EVAL_DELIMITER, size, index, label, len(completions), len(context), *context]
+        for tokens in completions:
+            stream += [len(tokens), *tokens]
+    write_atomically(path, [new_header(EVAL_MAGIC, 1, len(examples), longest), np.array(stream, dtype="<u2")])
+    return longest
 
 
 # ----------------------------------------------------------------------------------------------------------------

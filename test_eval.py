@@ -1,0 +1,146 @@
+"""
+Multiple-choice evaluation (HellaSwag's, as llm.c scores it): the eval file read and checked field by field, the
+accuracy against a float64 computation written out here, and the trainer's --eval-data and -x 0.
+"""
+
+import numpy as np
+import pytest
+
+import train_gpt2 as g
+from conftest import FIXTURE_MODEL, assert_refused, random_examples, read_log, run_main, trainer_args, \
+    write_eval_file
+
+
+def reference_mean_losses(params, config, context, completions):
+    """Each completion's mean loss after the context, in float64, one row at a time, with the log-softmax written
+    out here; a row longer than the context window keeps its last maxT tokens."""
+    model = g.GPT2(config, params.astype(np.float64))
+    model.allocate(1, config.max_seq_len)
+    means = []
+    for completion in completions:
+        row = (list(context) + list(completion))[-config.max_seq_len:]
+        model.forward(np.array([row], np.int32))
+        logits = model.activations(1, len(row)).logits[0, :, :config.vocab_size]
+        log_probs = logits - logits.max(axis=1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+        first = max(len(row) - len(completion), 1)
+        means.append(-np.mean([log_probs[t - 1, row[t]] for t in range(first, len(row))]))
+    return means
+
+
+def test_eval_accuracy_matches_a_float64_computation(tmp_path):
+    model = g.load_model(FIXTURE_MODEL)
+    config, rng = model.config, np.random.default_rng(21)
+    examples = random_examples(rng, 30, config.vocab_size)
+    examples += random_examples(rng, 3, config.vocab_size, context=(30, 40), completion=(2, 5))  # cropped: maxT 32
+    examples += random_examples(rng, 2, config.vocab_size, completions=2)  # any number of completions
+    read = g.read_eval_file(write_eval_file(tmp_path / "eval.bin", examples), config.vocab_size)
+    assert [(label, list(c), [list(e) for e in es]) for label, c, es in read] == examples
+    expected = 0
+    for label, context, completions in examples:
+        means = reference_mean_losses(model.params_memory, config, context, completions)
+        expected += int(np.argmin(means) == label)
+    evaluator = g.evaluation_model(model, read)
+    assert evaluator.capacity[1] == config.max_seq_len and evaluator.capacity[0] == g.EVAL_POSITIONS // 32
+    assert g.eval_accuracy(evaluator, read, g.ONE_PROCESS) == (expected, len(examples))
+    assert 0 < expected < len(examples)
+    # and the mean losses themselves, batched and padded, against the reference
+    _, rows = g.evaluation_rows(evaluator, read, g.ONE_PROCESS)
+    label, context, completions = examples[31]
+    reference = reference_mean_losses(model.params_memory, config, context, completions)
+    start = sum(len(e) for _, _, e in examples[:31])
+    inputs = np.zeros((4, 32), np.int32)
+    targets = np.zeros((4, 32), np.int32)
+    for r, (tokens, _) in enumerate(rows[start:start + 4]):
+        inputs[r, :len(tokens)], targets[r, :len(tokens) - 1] = tokens, tokens[1:]
+    evaluator.forward(inputs, targets)
+    losses = evaluator.activations(4, 32).losses
+    ours = [losses[r, first:len(tokens) - 1].mean() for r, (tokens, first) in enumerate(rows[start:start + 4])]
+    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+
+
+def test_the_evaluation_model_fits_the_longest_context_and_completion():
+    model = g.load_model(FIXTURE_MODEL)
+    examples = [(0, np.arange(5), [np.arange(3), np.arange(7)]), (1, np.arange(9), [np.arange(2), np.arange(1)])]
+    evaluator = g.evaluation_model(model, examples)
+    assert evaluator.capacity[:2] == (g.EVAL_POSITIONS // 12, 12) and evaluator.grads_memory is None
+
+
+def test_each_process_scores_its_share():
+    model = g.load_model(FIXTURE_MODEL)
+    examples = [(label, np.array(c, np.int32), [np.array(e, np.int32) for e in es])
+                for label, c, es in random_examples(np.random.default_rng(4), 7, 500)]
+    evaluator = g.evaluation_model(model, examples)
+    whole, _ = g.eval_accuracy(evaluator, examples, g.ONE_PROCESS)
+
+    class Share:  # what process `rank` of 3 sees of the others: their counts, summed
+        count = 3
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def sum(self, value):
+            return value
+
+    parts = [g.eval_accuracy(evaluator, examples, Share(rank)) for rank in range(3)]
+    assert sum(right for right, _ in parts) == whole and {total for _, total in parts} == {7}
+    assert [len(g.evaluation_rows(evaluator, examples, Share(rank))[0]) for rank in range(3)] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: np.int32(20240520).tobytes() + b[4:], "magic"),
+    (lambda b: b[:-7], "truncated"),
+    (lambda b: b + b"\x00\x00", "disagrees"),
+    (lambda b: b[:1024] + b"\x00\x00" + b[1026:], "no delimiter"),
+    (lambda b: b[:1026] + np.uint16(1000).tobytes() + b[1028:], "a byte count of 1000"),
+    (lambda b: b[:1028] + np.uint16(5).tobytes() + b[1030:], "holds the index 5"),
+    (lambda b: b[:1030] + np.uint16(4).tobytes() + b[1032:], "label 4 of 4 completions"),
+    (lambda b: b[:1034] + np.uint16(0).tobytes() + b[1036:], "an empty context or completion"),
+    (lambda b: b[:1036] + np.uint16(600).tobytes() + b[1038:], "token id 600 is out of range for vocab size 500"),
+])
+def test_bad_eval_files_get_one_line(tmp_path, damage, message):
+    good = open(write_eval_file(tmp_path / "good.bin", random_examples(np.random.default_rng(1), 3, 500)), "rb").read()
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(damage(good))
+    with pytest.raises(g.GPT2Error, match=message):
+        g.read_eval_file(str(bad), 500)
+
+
+def test_a_header_that_lies_about_the_longest_example(tmp_path):
+    examples = random_examples(np.random.default_rng(2), 3, 500)
+    longest = max(2 * (5 + len(c) + 1 + sum(1 + len(e) for e in es)) for _, c, es in examples)
+    with pytest.raises(g.GPT2Error, match="longest example"):
+        g.read_eval_file(write_eval_file(tmp_path / "e.bin", examples, longest=longest + 2), 500)
+    with pytest.raises(g.GPT2Error, match="a byte count of"):
+        g.read_eval_file(write_eval_file(tmp_path / "e.bin", examples, longest=longest - 2), 500)
+    with pytest.raises(g.GPT2Error, match="truncated: 3 of 4 examples"):
+        g.read_eval_file(write_eval_file(tmp_path / "e.bin", examples, header_count=4), 500)
+
+
+def test_trainer_evaluates_at_step_0_every_v_steps_and_the_end(run_dir, capsys):
+    eval_file = write_eval_file(run_dir / "eval.bin", random_examples(np.random.default_rng(3), 9, 500))
+    out = run_dir / "out"
+    code, printed, err = run_main(trainer_args(run_dir, out, "-x", "7", "-v", "3", "--eval-data", eval_file), capsys)
+    assert code == 0, err
+    evals = [line for line in printed.splitlines() if line.startswith("eval accuracy ")]
+    logged = [line for line in read_log(out).splitlines() if " eval:" in line]
+    assert [line.split(":")[0] for line in logged] == ["s", "s", "s", "s"] and len(evals) == 4
+    assert [line.split()[0] for line in logged] == ["s:0", "s:3", "s:6", "s:7"]
+    for line, entry in zip(evals, logged):
+        right, total = map(int, line.split()[2].split("/"))
+        assert total == 9 and entry.endswith(f"eval:{right / total:.4f}")
+
+
+def test_x_0_evaluates_any_model_without_training_data(run_dir, capsys, tmp_path):
+    eval_file = write_eval_file(run_dir / "eval.bin", random_examples(np.random.default_rng(3), 9, 500))
+    code, printed, err = run_main(["-e", FIXTURE_MODEL, "-i", "no_such_shards_*.bin", "-j", "", "-x", "0", "-t", "8",
+                                   "-s", "0", "--eval-data", eval_file], capsys)
+    assert code == 0, err
+    assert "-x 0: evaluating the model, no training; no validation data" in printed
+    assert sum(line.startswith("eval accuracy ") for line in printed.splitlines()) == 1
+    assert "step 0:" not in printed
+    missing = str(run_dir / "nothing.bin")
+    assert_refused(["-e", FIXTURE_MODEL, "-x", "0", "-t", "8", "-s", "0", "-j", "", "--eval-data", missing], capsys,
+                   "nothing.bin")
+    with pytest.raises(SystemExit):
+        g.parse_args(["-x", "0", "-o", str(tmp_path / "out")])
