@@ -12,19 +12,20 @@ from conftest import FIXTURE_MODEL, assert_refused, random_examples, read_log, r
 
 
 def reference_mean_losses(params, config, context, completions):
-    """Each completion's mean loss after the context, in float64, one row at a time, with the log-softmax written
-    out here; a row longer than the context window keeps its last maxT tokens."""
+    """Each completion's mean loss after the context, in float64, one whole row at a time (no cache), with the
+    log-softmax written out here. A row longer than the model's context: the context keeps its last tokens, as
+    many as leave room for the longest completion."""
     model = g.GPT2(config, params.astype(np.float64))
     model.allocate(1, config.max_seq_len)
+    context = list(context)[-(config.max_seq_len - max(map(len, completions))):]
     means = []
     for completion in completions:
-        row = (list(context) + list(completion))[-config.max_seq_len:]
+        row = context + list(completion)
         model.forward(np.array([row], np.int32))
         logits = model.activations(1, len(row)).logits[0, :, :config.vocab_size]
         log_probs = logits - logits.max(axis=1, keepdims=True)
         log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-        first = max(len(row) - len(completion), 1)
-        means.append(-np.mean([log_probs[t - 1, row[t]] for t in range(first, len(row))]))
+        means.append(-np.mean([log_probs[t - 1, row[t]] for t in range(len(context), len(row))]))
     return means
 
 
@@ -41,29 +42,24 @@ def test_eval_accuracy_matches_a_float64_computation(tmp_path):
         means = reference_mean_losses(model.params_memory, config, context, completions)
         expected += int(np.argmin(means) == label)
     evaluator = g.evaluation_model(model, read)
-    assert evaluator.capacity[1] == config.max_seq_len and evaluator.capacity[0] == g.EVAL_POSITIONS // 32
+    assert evaluator.capacity[0] == 4 and evaluator.capacity[2] <= config.max_seq_len and evaluator.grads_memory is None
     assert g.eval_accuracy(evaluator, read, g.ONE_PROCESS) == (expected, len(examples))
     assert 0 < expected < len(examples)
-    # and the mean losses themselves, batched and padded, against the reference
-    _, rows = g.evaluation_rows(evaluator, read, g.ONE_PROCESS)
-    label, context, completions = examples[31]
-    reference = reference_mean_losses(model.params_memory, config, context, completions)
-    start = sum(len(e) for _, _, e in examples[:31])
-    inputs = np.zeros((4, 32), np.int32)
-    targets = np.zeros((4, 32), np.int32)
-    for r, (tokens, _) in enumerate(rows[start:start + 4]):
-        inputs[r, :len(tokens)], targets[r, :len(tokens) - 1] = tokens, tokens[1:]
-    evaluator.forward(inputs, targets)
-    losses = evaluator.activations(4, 32).losses
-    ours = [losses[r, first:len(tokens) - 1].mean() for r, (tokens, first) in enumerate(rows[start:start + 4])]
-    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+    # and the mean losses themselves, from the KV cache, against the reference; a cropped example too
+    for label, context, completions in read[29:32]:
+        context, completions = g.fit_to_context(context, completions, config.max_seq_len)
+        np.testing.assert_allclose(g.completion_losses(evaluator, context, completions),
+                                   reference_mean_losses(model.params_memory, config, context, completions), rtol=1e-5)
 
 
 def test_the_evaluation_model_fits_the_longest_context_and_completion():
     model = g.load_model(FIXTURE_MODEL)
-    examples = [(0, np.arange(5), [np.arange(3), np.arange(7)]), (1, np.arange(9), [np.arange(2), np.arange(1)])]
-    evaluator = g.evaluation_model(model, examples)
-    assert evaluator.capacity[:2] == (g.EVAL_POSITIONS // 12, 12) and evaluator.grads_memory is None
+    examples = [(0, np.arange(5), [np.arange(3), np.arange(7), np.arange(2)]), (1, np.arange(9), [np.arange(2)] * 2)]
+    assert g.evaluation_model(model, examples).capacity == (3, 9, 11)  # 9 = the longest context, 11 = 5 + 7 - 1
+    context, completions = g.fit_to_context(np.arange(40), [np.arange(5), np.arange(3)], 32)
+    assert list(context) == list(range(13, 40)) and [len(c) for c in completions] == [5, 3]
+    context, completions = g.fit_to_context(np.arange(40), [np.arange(50), np.arange(3)], 32)
+    assert list(context) == [39] and [len(c) for c in completions] == [31, 3]
 
 
 def test_each_process_scores_its_share():
@@ -84,7 +80,7 @@ def test_each_process_scores_its_share():
 
     parts = [g.eval_accuracy(evaluator, examples, Share(rank)) for rank in range(3)]
     assert sum(right for right, _ in parts) == whole and {total for _, total in parts} == {7}
-    assert [len(g.evaluation_rows(evaluator, examples, Share(rank))[0]) for rank in range(3)] == [3, 3, 1]
+    assert [len(g.share_of_examples(examples, Share(rank))) for rank in range(3)] == [3, 3, 1]
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -2189,32 +2189,52 @@ def validation_loss(model, loader, max_batches, processes):
     return processes.average(loss)
 
 
-EVAL_POSITIONS = 1024  # positions per forward pass when evaluating: the logits are 1024 x Vp floats (206 MB)
-
-
-def evaluation_rows(model, examples, processes):
-    """This process's share of the examples, and a row for each of their completions: (the context and then the
-    completion, the first position whose target is the completion's). A row longer than the model's context keeps
-    its last maxT tokens: the start of the context goes, and if the completion alone is longer, its first tokens
-    are not scored."""
+def share_of_examples(examples, processes):
+    """This process's share of the examples: consecutive ones, as llm.c's evalloader_reset splits them."""
     per_process = -(-len(examples) // processes.count)
-    mine = examples[processes.rank * per_process:(processes.rank + 1) * per_process]
-    rows = []
-    for _, context, completions in mine:
-        for completion in completions:
-            tokens = np.concatenate([context, completion])[-model.config.max_seq_len:]
-            rows.append((tokens, max(len(tokens) - len(completion), 1) - 1))
-    return mine, rows
+    return examples[processes.rank * per_process:(processes.rank + 1) * per_process]
+
+
+def fit_to_context(context, completions, max_seq_len):
+    """An example cut to fit the model: the context keeps its last tokens, as many as leave room for the longest
+    completion, and at least one; a completion longer than the rest of the room keeps its first tokens."""
+    room = max(max_seq_len - max(map(len, completions)), 1)
+    return context[-room:], [completion[:max_seq_len - min(room, len(context))] for completion in completions]
 
 
 def evaluation_model(model, examples):
-    """The model's parameters, with activations for the evaluation's forward passes: rows as long as the longest
-    context and completion, as many as fit in EVAL_POSITIONS positions."""
+    """The model's parameters, with what scoring an example needs: a row per completion, and a KV cache for the
+    longest context and completion. No gradients."""
     evaluator = GPT2(model.config, model.params_memory)
-    longest = max((len(c) + max(map(len, e)) for _, c, e in examples), default=1)
-    T = min(longest, model.config.max_seq_len)
-    evaluator.allocate(max(1, EVAL_POSITIONS // T), T)
+    maxT = model.config.max_seq_len
+    fitted = [fit_to_context(context, completions, maxT) for _, context, completions in examples]
+    rows = max(len(completions) for _, completions in fitted)
+    T = max(max(len(context), max(map(len, completions)) - 1) for context, completions in fitted)
+    context = max(len(context) + max(map(len, completions)) - 1 for context, completions in fitted)
+    evaluator.allocate(rows, T, context=context)
     return evaluator
+
+
+def completion_losses(evaluator, context, completions):
+    """Each completion's mean loss per token after the context. The context runs once; its keys and values, in the
+    KV cache's first row, are copied to a row for each completion, and the completions run together from there.
+    The context's last logits predict each completion's first token; a completion's last token predicts nothing
+    that counts, so it never runs."""
+    P, n, V = len(context), len(completions), evaluator.config.vocab_size
+    evaluator.forward(np.array([context], np.int32))
+    logits = evaluator.activations(1, P).logits[0, -1, :V].astype(np.float64)
+    logsumexp = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+    loss_sums = [logsumexp - logits[completion[0]] for completion in completions]
+    evaluator.kv_cache[:, 1:n, :P] = evaluator.kv_cache[:, :1, :P]
+    T = max(map(len, completions)) - 1
+    if T:
+        inputs, targets = np.zeros((n, T), np.int32), np.zeros((n, T), np.int32)
+        for r, completion in enumerate(completions):  # shorter ones padded after their end, which they never see
+            inputs[r, :len(completion) - 1], targets[r, :len(completion) - 1] = completion[:-1], completion[1:]
+        evaluator.forward(inputs, targets, pos=P)
+        losses = evaluator.activations(n, T, P).losses
+        loss_sums = [total + losses[r, :len(c) - 1].sum() for r, (total, c) in enumerate(zip(loss_sums, completions))]
+    return [total / len(completion) for total, completion in zip(loss_sums, completions)]
 
 
 def eval_accuracy(evaluator, examples, processes):
@@ -2222,21 +2242,10 @@ def eval_accuracy(evaluator, examples, processes):
     example's context, and the mean loss of its tokens says how unlikely the model finds it; the completion with
     the lowest is the model's answer (the first of equal ones), right if it is the label. Each process scores its
     share of the examples; returns (right answers, examples) over all the processes."""
-    mine, rows = evaluation_rows(evaluator, examples, processes)
-    B, mean_losses = evaluator.capacity[0], []
-    for start in range(0, len(rows), B):
-        batch = rows[start:start + B]
-        T = max(len(tokens) for tokens, _ in batch)
-        inputs, targets = np.zeros((len(batch), T), np.int32), np.zeros((len(batch), T), np.int32)
-        for r, (tokens, _) in enumerate(batch):  # shorter rows padded after their end, which they never see
-            inputs[r, :len(tokens)], targets[r, :len(tokens) - 1] = tokens, tokens[1:]
-        evaluator.forward(inputs, targets)
-        losses = evaluator.activations(len(batch), T).losses
-        mean_losses += [losses[r, first:len(tokens) - 1].mean() for r, (tokens, first) in enumerate(batch)]
-    right, at = 0, 0
-    for label, _, completions in mine:
-        right += int(np.argmin(mean_losses[at:at + len(completions)]) == label)
-        at += len(completions)
+    right = 0
+    for label, context, completions in share_of_examples(examples, processes):
+        context, completions = fit_to_context(context, completions, evaluator.config.max_seq_len)
+        right += int(np.argmin(completion_losses(evaluator, context, completions)) == label)
     return processes.sum(right), len(examples)
 
 
@@ -2297,8 +2306,8 @@ def train(args, processes):
     examples = read_eval_file(args.eval_data, cfg.vocab_size) if args.eval_data else None
     if examples:
         evaluator = evaluation_model(model, examples)  # the model's parameters, with activations to evaluate them
-        print(f"eval: {len(examples):,} examples of {args.eval_data}, {evaluator.capacity[0]} completions of up "
-              f"to {evaluator.capacity[1]} tokens at a time")
+        print(f"eval: {len(examples):,} examples of {args.eval_data}, up to {evaluator.capacity[0]} completions "
+              f"and {evaluator.capacity[2]} positions each")
     with processes.together():
         tokenizer = sampling_tokenizer(args, cfg) if rank == 0 else None  # rank 0 samples
     if tokenizer:  # the model's parameters, and a KV cache to generate from them (see generate)
