@@ -1674,8 +1674,12 @@ class TrainConfig:
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
-        """A bad flag: one line (from rank 0 only, under mpirun), and exit status 2, as for any usage error."""
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n" if launched_rank() == 0 else None)
+        """A bad flag: one line and exit status 2, as for any usage error. Under mpirun every process finds the
+        same bad flag: rank 0 says it and its status becomes mpirun's; the others end quietly with status 0, since
+        a failing one could make mpirun stop rank 0 before its line is out."""
+        if launched_rank() == 0:
+            self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(0)
 
 
 def parse_args(argv=None):
