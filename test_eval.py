@@ -14,15 +14,15 @@ from conftest import FIXTURE_MODEL, assert_refused, random_examples, read_log, r
 def reference_mean_losses(params, config, context, completions):
     """Each completion's mean loss after the context, in float64, one whole row at a time (no cache), with the
     log-softmax written out here. A row longer than the model's context: the context keeps its last tokens, as
-    many as leave room for the longest completion."""
+    many as leave room for the longest completion but its last token."""
     model = g.GPT2(config, params.astype(np.float64))
     model.allocate(1, config.max_seq_len)
-    context = list(context)[-(config.max_seq_len - max(map(len, completions))):]
+    context = list(context)[-(config.max_seq_len + 1 - max(map(len, completions))):]
     means = []
     for completion in completions:
         row = context + list(completion)
-        model.forward(np.array([row], np.int32))
-        logits = model.activations(1, len(row)).logits[0, :, :config.vocab_size]
+        model.forward(np.array([row[:-1]], np.int32))  # the last token predicts nothing that counts
+        logits = model.activations(1, len(row) - 1).logits[0, :, :config.vocab_size]
         log_probs = logits - logits.max(axis=1, keepdims=True)
         log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
         means.append(-np.mean([log_probs[t - 1, row[t]] for t in range(len(context), len(row))]))
@@ -42,6 +42,7 @@ def test_eval_accuracy_matches_a_float64_computation(tmp_path):
         means = reference_mean_losses(model.params_memory, config, context, completions)
         expected += int(np.argmin(means) == label)
     evaluator = g.evaluation_model(model, read)
+    assert evaluator.params_memory is model.params_memory  # the model's own parameters, as they train
     assert evaluator.capacity[0] == 4 and evaluator.capacity[2] <= config.max_seq_len and evaluator.grads_memory is None
     assert g.eval_accuracy(evaluator, read, g.ONE_PROCESS) == (expected, len(examples))
     assert 0 < expected < len(examples)
@@ -57,9 +58,20 @@ def test_the_evaluation_model_fits_the_longest_context_and_completion():
     examples = [(0, np.arange(5), [np.arange(3), np.arange(7), np.arange(2)]), (1, np.arange(9), [np.arange(2)] * 2)]
     assert g.evaluation_model(model, examples).capacity == (3, 9, 11)  # 9 = the longest context, 11 = 5 + 7 - 1
     context, completions = g.fit_to_context(np.arange(40), [np.arange(5), np.arange(3)], 32)
-    assert list(context) == list(range(13, 40)) and [len(c) for c in completions] == [5, 3]
+    assert list(context) == list(range(12, 40)) and [len(c) for c in completions] == [5, 3]  # 28 + 5 - 1 = 32
     context, completions = g.fit_to_context(np.arange(40), [np.arange(50), np.arange(3)], 32)
-    assert list(context) == [39] and [len(c) for c in completions] == [31, 3]
+    assert list(context) == [39] and [len(c) for c in completions] == [32, 3]
+    tiny = g.GPT2(g.GPT2Config(max_seq_len=1, vocab_size=500, padded_vocab_size=512, num_layers=1, num_heads=1,
+                               channels=4), np.zeros(g.num_parameters(g.GPT2Config(1, 500, 512, 1, 1, 4)), np.float32))
+    examples = [(1, np.arange(3), [np.arange(4), np.arange(2)])]
+    assert g.eval_accuracy(g.evaluation_model(tiny, examples), examples, g.ONE_PROCESS) == (0, 1)  # equal: the first
+
+
+def test_ties_go_to_the_first_completion(monkeypatch):
+    monkeypatch.setattr(g, "completion_losses", lambda evaluator, context, completions: [1.0, 0.5, 0.5, 2.0])
+    examples = [(1, np.arange(2), [np.arange(1)] * 4), (2, np.arange(2), [np.arange(1)] * 4)]
+    evaluator = g.evaluation_model(g.load_model(FIXTURE_MODEL), examples)
+    assert g.eval_accuracy(evaluator, examples, g.ONE_PROCESS) == (1, 2)
 
 
 def test_each_process_scores_its_share():
@@ -127,12 +139,25 @@ def test_trainer_evaluates_at_step_0_every_v_steps_and_the_end(run_dir, capsys):
         assert total == 9 and entry.endswith(f"eval:{right / total:.4f}")
 
 
+def test_a_resume_keeps_the_evaluation_of_its_checkpoint_step(run_dir, capsys):
+    eval_file = write_eval_file(run_dir / "eval.bin", random_examples(np.random.default_rng(3), 5, 500))
+    straight, resumed = run_dir / "straight", run_dir / "resumed"
+    for out, steps in ((straight, "6"), (resumed, "3")):
+        assert run_main(trainer_args(run_dir, out, "-x", steps, "-v", "3", "-k", "constant", "--eval-data",
+                                     eval_file), capsys)[0] == 0
+    assert run_main(trainer_args(run_dir, resumed, "-x", "6", "-v", "3", "-k", "constant", "--eval-data", eval_file,
+                                 "-y", "1"), capsys)[0] == 0
+    evals = [[line for line in read_log(out).splitlines() if " eval:" in line] for out in (straight, resumed)]
+    assert evals[0] == evals[1] and [line.split()[0] for line in evals[0]] == ["s:0", "s:3", "s:6"]
+
+
 def test_x_0_evaluates_any_model_without_training_data(run_dir, capsys, tmp_path):
     eval_file = write_eval_file(run_dir / "eval.bin", random_examples(np.random.default_rng(3), 9, 500))
     code, printed, err = run_main(["-e", FIXTURE_MODEL, "-i", "no_such_shards_*.bin", "-j", "", "-x", "0", "-t", "8",
                                    "-s", "0", "--eval-data", eval_file], capsys)
     assert code == 0, err
     assert "-x 0: evaluating the model, no training; no validation data" in printed
+    assert "memory: parameters " in printed and "gradients" not in printed and "AdamW" not in printed
     assert sum(line.startswith("eval accuracy ") for line in printed.splitlines()) == 1
     assert "step 0:" not in printed
     missing = str(run_dir / "nothing.bin")

@@ -1242,6 +1242,8 @@ def read_eval_file(path, vocab_size):
     """The examples of an eval file, every field checked: [(label, context tokens, [completion tokens, ...])]."""
     header = read_header(path, EVAL_MAGIC, (1,))
     num_examples, longest = int(header[2]), int(header[3])
+    if num_examples < 1:
+        raise GPT2Error(f"{path}: its header counts {num_examples} examples")
     body = read_file(path)[HEADER_BYTES:]
     data = np.frombuffer(body[:len(body) // 2 * 2], dtype="<u2")
     examples, offset = [], 0
@@ -2200,10 +2202,11 @@ def share_of_examples(examples, processes):
 
 
 def fit_to_context(context, completions, max_seq_len):
-    """An example cut to fit the model: the context keeps its last tokens, as many as leave room for the longest
-    completion, and at least one; a completion longer than the rest of the room keeps its first tokens."""
-    room = max(max_seq_len - max(map(len, completions)), 1)
-    return context[-room:], [completion[:max_seq_len - min(room, len(context))] for completion in completions]
+    """An example cut to fit the model, whose positions take the context and each completion but its last token
+    (which predicts nothing that counts): the context keeps its last tokens, as many as leave room for the
+    longest completion, and at least one; a completion longer than the rest of the room keeps its first tokens."""
+    room = max(max_seq_len + 1 - max(map(len, completions)), 1)
+    return context[-room:], [completion[:max_seq_len + 1 - min(room, len(context))] for completion in completions]
 
 
 def evaluation_model(model, examples):
@@ -2307,7 +2310,8 @@ def train(args, processes):
               f"B={B} x T={T}" + (f" on each of {processes.count} processes" if processes.count > 1 else ""))
     else:
         print(f"-x 0: evaluating the model, no training; {val}")
-    examples = read_eval_file(args.eval_data, cfg.vocab_size) if args.eval_data else None
+    with processes.together():
+        examples = read_eval_file(args.eval_data, cfg.vocab_size) if args.eval_data else None
     if examples:
         evaluator = evaluation_model(model, examples)  # the model's parameters, with activations to evaluate them
         print(f"eval: {len(examples):,} examples of {args.eval_data}, up to {evaluator.capacity[0]} completions "
