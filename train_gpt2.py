@@ -9,18 +9,18 @@ is allocated once, up front, in a few flat buffers:
     activations and activation gradients for a batch of (B, T) tokens
 
 and every tensor is a view into one of them. A model that only runs forward (to generate text, or to evaluate)
-has its parameters and activations only. The file reads top to bottom:
+has its parameters, one layer's activations and a KV cache. The file reads top to bottom:
 
     1. file headers and errors      llm.c's 256-int header, one error type for bad input
     2. kernels                      each layer's forward beside its backward
     3. random numbers               llm.c's Mersenne Twister and xorshift generators, to the bit
     4. the model                    GPT-2 itself: parameters, forward, backward, checkpoints, init
     5. the optimizer                AdamW, the gradient norm, learning rate schedules
-    6. data                         llm.c's token shards and its data loader, in its exact order
+    6. data                         llm.c's token shards and its data loader, in its exact order; its eval files
     7. tokenizer                    GPT-2's BPE (tiktoken) and llm.c's tokenizer file
-    8. sampling                     llm.c's multinomial sampling
+    8. generating text              a KV cache, and llm.c's draw with temperature, top-k and top-p
     9. many processes               data-parallel training over MPI, and ZeRO-1
-   10. training                     one step, the command line, checkpoints, and the training loop
+   10. training                     one step, the command line, checkpoints, evaluation, and the training loop
 
 Run `python train_gpt2.py --help` for the flags; they are named as in llm.c's train_gpt2.cu.
 """
