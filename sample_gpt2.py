@@ -129,9 +129,7 @@ def sample(model, text, prompt, args, rng, pieces):
 
 def main(argv=None):
     previous_handler = signal.signal(signal.SIGINT, gpt2.on_interrupt)
-    for stream in (sys.stdout, sys.stderr):  # a character the terminal's encoding lacks is still printed
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+    gpt2.print_anything()
     try:
         args = parse_args(argv)
         if sys.stdout is None:
@@ -145,7 +143,7 @@ def main(argv=None):
         model.allocate(1, len(prompt), context=check_context(prompt, args, model.config))
         with contextlib.redirect_stdout(sys.stderr):  # stdout is the samples' only
             gpt2.load_kernels()
-        pieces = [encoding.decode_single_token_bytes(i) for i in range(encoding.n_vocab)]
+        pieces = gpt2.token_pieces(encoding)
         rng = gpt2.XorShift(args.seed)
         for n in range(args.num_samples):
             if n:

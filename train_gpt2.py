@@ -1246,7 +1246,7 @@ def read_eval_file(path, vocab_size):
         raise GPT2Error(f"{path}: its header counts {num_examples} examples")
     body = read_file(path)[HEADER_BYTES:]
     data = np.frombuffer(body[:len(body) // 2 * 2], dtype="<u2")
-    examples, offset = [], 0
+    examples, offset, largest = [], 0, 0
     for index in range(num_examples):
         where = f"{path}: example {index}"
         if offset + 6 > len(data):
@@ -1275,9 +1275,8 @@ def read_eval_file(path, vocab_size):
         if bad:
             raise GPT2Error(f"{where}: token id {bad[0]} is out of range for vocab size {vocab_size}")
         examples.append((label, parts[0], parts[1:]))
-        offset += size // 2
-    if 2 * offset != len(body) or max((2 * (5 + sum(1 + len(p) for p in [c, *e])) for _, c, e in examples),
-                                      default=longest) != longest:
+        offset, largest = offset + size // 2, max(largest, size)
+    if 2 * offset != len(body) or largest != longest:
         raise GPT2Error(f"{path}: its size or its header's longest example ({longest} bytes) disagrees with its "
                         f"{num_examples} examples")
     return examples
@@ -1323,9 +1322,14 @@ def gpt2_encoding_offline():
                              special_tokens={"<|endoftext|>": EOT_TOKEN}, explicit_n_vocab=EOT_TOKEN + 1)
 
 
+def token_pieces(encoding):
+    """The bytes of each token id, which is all that decoding needs."""
+    return [encoding.decode_single_token_bytes(i) for i in range(encoding.n_vocab)]
+
+
 def write_tokenizer(path, encoding):
     """llm.c's tokenizer file, version 2: header [2] number of tokens, [3] the EOT token id."""
-    pieces = [encoding.decode_single_token_bytes(i) for i in range(encoding.n_vocab)]
+    pieces = token_pieces(encoding)
     body = b"".join(bytes([len(piece)]) + piece for piece in pieces)
     write_atomically(path, [new_header(TOKENIZER_MAGIC, 2, len(pieces), encoding.eot_token),
                             np.frombuffer(body, dtype=np.uint8)])
@@ -2400,11 +2404,17 @@ def on_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None):
-    processes = ONE_PROCESS
-    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is still printed
+def print_anything():
+    """Makes stdout and stderr print what their encoding cannot (a file name that is not UTF-8, a character a
+    latin-1 terminal lacks) as backslash escapes, rather than fail."""
+    for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+
+
+def main(argv=None):
+    processes = ONE_PROCESS
+    print_anything()
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
         args = parse_args(argv)
