@@ -105,28 +105,67 @@ def test_matmul_gradients():
     np.testing.assert_allclose(written, dweight, rtol=1e-13)
 
 
-def test_attention_gradients():
+@pytest.mark.parametrize("blocks", [(128, 512), (2, 3), (3, 2), (1, 1)])
+def test_attention_gradients(monkeypatch, blocks):
+    # with the default blocks, one block of each; the small ones split T=7 into several blocks, uneven at the end,
+    # so that the online softmax rescales and the backward pass adds its blocks' products
+    monkeypatch.setattr(g, "SMALL_BLOCK", blocks[0])
+    monkeypatch.setattr(g, "LARGE_BLOCK", blocks[1])
     rng = np.random.default_rng(3)
-    B, T, C, NH = 2, 4, 6, 2
-    qkv, weights = rand(rng, B, T, 3 * C), rand(rng, B, T, C)
-    out, att = np.zeros((B, T, C)), np.zeros((B, NH, T, T))
+    B, T, C, NH = 2, 7, 6, 2
+    qkv, weights = 3 * rand(rng, B, T, 3 * C), rand(rng, B, T, C)
+    out, lse = np.zeros((B, T, C)), np.zeros((B, NH, T))
+    scratch = [np.full(size, np.nan) for size in (B * C * T * T, B * C * T * T, (B, NH, T), (B, NH, T), B * T * C)]
+    scores, dscores, rowmax, rowsum, partial = scratch
 
     def loss():
-        g.attention_forward(out, att, qkv, NH)
+        g.attention_forward(out, lse, qkv, NH, scores, rowmax, rowsum, partial)
         return float((out * weights).sum())
 
     loss()
     # against a plain reference: masked softmax attention per head
     hs = C // NH
     q, k, v = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, NH, hs).transpose(0, 2, 1, 3) for i in range(3))
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs) + np.triu(np.full((T, T), -np.inf), 1)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    scores_ref = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs) + np.triu(np.full((T, T), -np.inf), 1)
+    probs = np.exp(scores_ref - scores_ref.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    np.testing.assert_allclose(att, probs, atol=1e-12)
     np.testing.assert_allclose(out, (probs @ v).transpose(0, 2, 1, 3).reshape(B, T, C), atol=1e-12)
+    np.testing.assert_allclose(lse, np.log(np.exp(scores_ref).sum(-1)), atol=1e-12)
     dqkv = np.full_like(qkv, np.nan)  # attention_backward writes every entry
-    g.attention_backward(dqkv, weights, qkv, att, np.full_like(att, np.nan), NH)
+    g.attention_backward(dqkv, weights, qkv, out, lse, NH, scores, dscores, np.full((B, NH, T), np.nan), partial)
     assert_gradient("qkv", dqkv, numerical_gradient(loss, qkv))
+
+
+@pytest.mark.parametrize("x", [0.0, 1e-300, -1e-9, 0.5, -0.34657359, 0.34657359, 1.0, -20.5, 88.7, -87.3, -103.9,
+                               -700.0, -708.0, -708.5, -745.2, -1e4, 709.0, 709.5, 1e4, math.inf, -math.inf])
+def test_fast_exp_values(x):
+    # float64: within 2 units in the last place of the exact value (math.exp's own error is under 1), and 0 where
+    # that is below 2^-1021 (x < -708); float32: the exact value rounded to float32, or what float32 makes of it
+    value = g.fast_exp(np.float64(x))
+    assert value == (0 if x < -708 else pytest.approx(math.exp(x) if x < 709.8 else math.inf, rel=4.5e-16, abs=0))
+    x32 = np.float32(x)
+    with np.errstate(over="ignore"):  # float32 overflows to inf above 88.7, as it should
+        exact32 = np.float32(math.exp(x32) if x32 < 709.8 else math.inf)
+    assert g.fast_exp(x32) == exact32 or abs(exact32) < 1e-36
+
+
+def test_fast_exp_array():
+    # over a million values spread from -100 to 100: float32 results equal the exact value rounded; NaN stays NaN
+    x = np.linspace(-100, 100, 1_000_001)
+    out64, out32 = np.empty_like(x), np.empty(x.size, np.float32)
+    exp_all(out64, x)
+    exp_all(out32, x.astype(np.float32))
+    assert np.max(np.abs(out64 / np.exp(x) - 1)) < 5e-16
+    with np.errstate(over="ignore"):  # float32 overflows to inf above 88.7, as it should
+        np.testing.assert_array_equal(out32, np.exp(x.astype(np.float32).astype(np.float64)).astype(np.float32))
+    exp_all(out64[:1], np.array([np.nan]))
+    assert np.isnan(out64[0])
+
+
+@g.kernel
+def exp_all(out, x):
+    for i in g.prange(x.shape[0]):
+        out[i] = g.fast_exp(x[i])
 
 
 def test_gelu_gradients():

@@ -190,6 +190,28 @@ def sync_directory(directory):
 
 kernel = njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract"})
 COLUMN_BLOCK = 16  # reductions over rows work on 16 columns at a time: one 64-byte cache line of float32
+LANES = 16  # reductions along a row keep 16 partial results: one 64-byte SIMD register of float32
+
+
+@njit(cache=True, inline="always", fastmath={"nsz", "arcp", "contract"})
+def fast_exp(x):
+    # e^x, in float64 whatever x is, and returned in x's type. C's exp and expf are calls that a loop cannot
+    # vectorise (numba has no vector math library without Intel's SVML); this is arithmetic that it can, 4x faster
+    # over an array. x = n ln2 + r with |r| <= ln2 / 2, and e^x = 2^n e^r: 2^n is n put in a float's exponent bits,
+    # e^r the Taylor series to r^12 (3e-16 relative error in float64; in float32 the rounding of the exact e^x).
+    # ln2 is split in two so that n times its first part is exact. Below -708 the result is 0 (not a subnormal), NaN
+    # stays NaN. (2^n is made as 2 * 2^(n-1), which has an exponent for every n from -1021 to 1024.)
+    y = np.float64(x)
+    clamped = min(max(y, -708.0), 710.0)
+    n = math.floor(clamped * 1.4426950408889634 + 0.5)  # round(y / ln2)
+    r = (clamped - n * 0.6931471803691238) - n * 1.9082149292705877e-10
+    e_r = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
+        1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800 + r / 479001600)))))))))))
+    e = e_r * 2.0 * np.int64((np.int64(n) + 1022) << 52).view(np.float64)  # inf from 709.79 (e^x > the largest float64)
+    e = 0.0 if y < -708.0 else e
+    e = math.inf if y > 710.0 else e
+    e = y if y != y else e
+    return type(x)(e)
 
 
 @kernel
@@ -325,15 +347,32 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 
 
 # Attention. Each head h looks at its own hs = C/NH channels of the queries, keys and values that the qkv matmul
-# made: scores = q @ k.T / sqrt(hs), causal softmax over each row (position t sees positions 0..t), out = att @ v.
-# Written as plain loops, as llm.c's attention_forward is, that is, for each b, h and query position t:
-#     att[t, t2] = softmax over t2 <= t of (q[t] . k[t2]) / sqrt(hs);   out[t] = sum over t2 <= t of att[t, t2] v[t2]
-# Here the two products go to BLAS instead, over the heads as a batch (several times faster than the loops), and
-# only the softmax is a kernel; heads() views a (B,T,C) buffer as (B,NH,T,hs) with no copy.
+# made. Written as plain loops, as llm.c's attention_forward is, for each b, h and query position t:
+#     w[t, t2] = softmax over t2 <= t of s[t, t2],  s[t, t2] = (q[t] . k[t2]) / sqrt(hs)   the weights (T,T)
+#     out[t] = sum over t2 <= t of w[t, t2] v[t2]
+# llm.c stores w, B*NH*T*T floats a layer, for the backward pass: at GPT-2's T=1024 that is 2.4 GB of GPT-2 124M's
+# activations, and the masked half of it is zeros. Here, as in FlashAttention (Dao et al., 2022), no T x T matrix
+# is ever stored. The forward pass goes through the scores a block at a time and keeps one float per query, the
+# log-sum-exp lse[t] = log(sum over t2 <= t of exp(s[t, t2])); the backward pass makes each block's weights again
+# from it: w[t, t2] = exp(s[t, t2] - lse[t]).
+#
+# The forward pass takes the queries SMALL_BLOCK at a time, and their keys LARGE_BLOCK at a time up to the diagonal.
+# A softmax needs the max and the sum of all of a query's scores, but its keys come block after block: the online
+# softmax keeps, for each query, the running max m, the running sum l and the output so far, unnormalised, and for
+# each new block of scores s (R queries x Kb keys) and values v (Kb,hs):
+#     m' = max(m, max over the block of s);   c = exp(m - m')      (the terms so far, rescaled to the new max)
+#     l = c * l + sum of exp(s - m');    out = c * out + exp(s - m') @ v;    m = m'
+# and after its last block, out /= l and lse = m + log(l). (Up to T = LARGE_BLOCK there is only one key block.)
+# The products of each block go to BLAS, over all the heads as a batch, and the softmax is a kernel; heads() views
+# a (B,T,C) buffer as (B,NH,T,hs) with no copy. A block of scores is stored keys x queries, (Kb, R) per head, so
+# that the max and the sums over keys run along rows of queries: SIMD does them with no sum reordered.
 #
 # Generating text one token at a time, the queries of the new positions attend to the keys and values of all the
 # positions before them too. A KV cache keeps those: then the T new positions start at `pos`, the keys and values
-# are the cache's first pos+T positions, and att is (B,NH,T,pos+T), query t seeing keys 0..pos+t.
+# are the cache's first pos+T positions, and query t sees keys 0..pos+t.
+
+SMALL_BLOCK, LARGE_BLOCK = 256, 1024  # forward: 256 queries x 1024 keys; backward: 256 keys x 1024 queries
+
 
 def heads(x, NH):
     # splitting the last axis, whose stride is one element, always gives a view: matmul's out= writes through it
@@ -347,67 +386,149 @@ def split_qkv(qkv, NH):
     return [heads(qkv[:, :, i * C:(i + 1) * C], NH) for i in range(3)]
 
 
-@kernel
-def causal_softmax(att, scale):
-    # att (B,NH,T,Tk), in place: from q.k scores to attention weights. The T queries are the last T of Tk
-    # positions, so query t sees keys 0..t+Tk-T: softmax(scale * score) over those, and 0 in the columns after
-    B, NH, T, Tk = att.shape
-    for bh in prange(B * NH):
-        b, h = bh // NH, bh % NH
-        for t in range(T):
-            last = t + Tk - T
-            maxval = att.dtype.type(-1e30)
-            for t2 in range(last + 1):
-                maxval = max(maxval, att[b, h, t, t2])
-            expsum = att.dtype.type(0)
-            for t2 in range(last + 1):
-                e = math.exp((att[b, h, t, t2] - maxval) * scale)
-                att[b, h, t, t2] = e
-                expsum += e
-            for t2 in range(last + 1):
-                att[b, h, t, t2] /= expsum
-            for t2 in range(last + 1, Tk):
-                att[b, h, t, t2] = 0
+def block_of(buffer, *shape):
+    # a block's (B,NH,rows,columns) view at the start of a flat scratch buffer
+    return buffer.reshape(-1)[:math.prod(shape)].reshape(shape)
+
+
+def batched_matmul(out, a, b, add, scratch):
+    # out = a @ b, or with add, out += a @ b: BLAS (through numpy's matmul) cannot add into its output, so the
+    # product goes to scratch first
+    if not add:
+        np.matmul(a, b, out=out)
+    else:
+        part = block_of(scratch, *out.shape)
+        np.matmul(a, b, out=part)
+        out += part
 
 
 @kernel
-def causal_softmax_backward(datt, att, scale):
-    # datt (B,NH,T,T), in place: from d(loss)/d(weights) to d(loss)/d(scores), through weights = softmax(scale *
-    # scores): dscore = scale * att * (datt - sum over the row of att * datt); 0 where att is masked
-    B, NH, T, _ = att.shape
+def attention_softmax(scores, rowmax, rowsum, out, scale, diagonal, first):
+    # One step of the online softmax. scores (B,NH,Kb,R): q.k of Kb keys (rows) with R queries (columns), in place
+    # -> exp(scale * (score - m')), 0 where masked: key j is seen by query i if j <= i + diagonal. rowmax, rowsum
+    # (B,NH,>=R): each query's running max m (of the unscaled scores) and sum l; out (B,NH,R,hs) its output so far,
+    # rescaled by c here. The first block of keys starts them.
+    B, NH, Kb, R = scores.shape
+    hs = out.shape[3]
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
-        for t in range(T):
-            weighted = att.dtype.type(0)
-            for t2 in range(t + 1):
-                weighted += att[b, h, t, t2] * datt[b, h, t, t2]
-            for t2 in range(T):
-                datt[b, h, t, t2] = att[b, h, t, t2] * (datt[b, h, t, t2] - weighted) * scale
+        m, l = rowmax[b, h], rowsum[b, h]
+        newmax = np.empty(R, scores.dtype)
+        for i in range(R):
+            newmax[i] = -np.inf if first else m[i]
+        for j in range(Kb):
+            row = scores[b, h, j]
+            for i in range(R):
+                if j <= i + diagonal:
+                    newmax[i] = max(newmax[i], row[i])
+        for i in range(R):
+            if first:
+                l[i] = 0
+            else:
+                c = fast_exp((m[i] - newmax[i]) * scale)
+                l[i] *= c
+                for d in range(hs):
+                    out[b, h, i, d] *= c
+            m[i] = newmax[i]
+        for j in range(Kb):
+            row = scores[b, h, j]
+            for i in range(R):
+                e = fast_exp((row[i] - m[i]) * scale)
+                row[i] = e if j <= i + diagonal else 0
+                l[i] += row[i]
 
 
-def attention_forward(out, att, qkv, NH, kv_cache=None, pos=0):
-    # out (B,T,C); att (B,NH,T,pos+T) the attention weights, saved for the backward pass; qkv (B,T,3C); kv_cache
-    # (B,maxT,2C) when generating: this call's keys and values are written at positions pos..pos+T-1
+@kernel
+def attention_normalize(out, lse, t0, rowmax, rowsum, scale):
+    # out (B,NH,R,hs) /= l, for the R queries from t0, whose lse (B,NH,T) gets m + log(l); see attention_softmax
+    B, NH, R, hs = out.shape
+    for bh in prange(B * NH):
+        b, h = bh // NH, bh % NH
+        for i in range(R):
+            inverse = out.dtype.type(1) / rowsum[b, h, i]
+            for d in range(hs):
+                out[b, h, i, d] *= inverse
+            lse[b, h, t0 + i] = rowmax[b, h, i] * scale + math.log(rowsum[b, h, i])
+
+
+def attention_forward(out, lse, qkv, NH, scores, rowmax, rowsum, partial, kv_cache=None, pos=0):
+    # out (B,T,C); lse (B,NH,T) each query's log-sum-exp, saved for the backward pass; qkv (B,T,3C). Scratch:
+    # scores (>= B*NH*SMALL_BLOCK*LARGE_BLOCK, or T and pos+T where smaller), rowmax and rowsum (B,NH,>=SMALL_BLOCK),
+    # partial (as many floats as out). kv_cache (B,maxT,2C) when generating: this call's keys and values are
+    # written at positions pos..pos+T-1
+    B, T, C3 = qkv.shape
     q, k, v = split_qkv(qkv, NH)
     if kv_cache is not None:
-        T, C = out.shape[1], out.shape[2]
+        C = C3 // 3
         kv_cache[:, pos:pos + T] = qkv[:, :, C:]
         k, v = heads(kv_cache[:, :pos + T, :C], NH), heads(kv_cache[:, :pos + T, C:], NH)
-    np.matmul(q, k.transpose(0, 1, 3, 2), out=att)
-    causal_softmax(att, att.dtype.type(1.0 / math.sqrt(q.shape[-1])))
-    np.matmul(att, v, out=heads(out, NH))
+    scale = qkv.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    out_heads = heads(out, NH)
+    for q0 in range(0, T, SMALL_BLOCK):
+        q1 = min(T, q0 + SMALL_BLOCK)
+        out_block = out_heads[:, :, q0:q1]
+        for k0 in range(0, pos + q1, LARGE_BLOCK):  # query q0+i sees keys up to pos+q0+i
+            k1 = min(pos + q1, k0 + LARGE_BLOCK)
+            block = block_of(scores, B, NH, k1 - k0, q1 - q0)
+            np.matmul(k[:, :, k0:k1], q[:, :, q0:q1].transpose(0, 1, 3, 2), out=block)
+            attention_softmax(block, rowmax, rowsum, out_block, scale, pos + q0 - k0, k0 == 0)
+            batched_matmul(out_block, block.transpose(0, 1, 3, 2), v[:, :, k0:k1], k0 > 0, partial)
+        attention_normalize(out_block, lse, q0, rowmax, rowsum, scale)
 
 
-def attention_backward(dqkv, dout, qkv, att, datt, NH):
-    # writes dqkv (B,T,3C); dout (B,T,C); qkv (B,T,3C); att (B,NH,T,T); datt (B,NH,T,T) is scratch
+@kernel
+def attention_row_dots(rowdot, dout, out):
+    # rowdot (B,NH,T) = dout . out over each head's channels; dout, out (B,T,C)
+    B, NH, T = rowdot.shape
+    hs = out.shape[2] // NH
+    for bt in prange(B * T):
+        b, t = bt // T, bt % T
+        for h in range(NH):
+            total = out.dtype.type(0)
+            for c in range(h * hs, (h + 1) * hs):
+                total += dout[b, t, c] * out[b, t, c]
+            rowdot[b, h, t] = total
+
+
+@kernel
+def attention_softmax_backward(scores, dscores, lse, rowdot, t0, scale, diagonal):
+    # scores (B,NH,Kb,R): q.k of Kb keys (rows) with the R queries from t0 (columns), in place -> the weights
+    # w = exp(scale * score - lse), 0 where masked (key j is seen by query i if j <= i + diagonal). dscores, in
+    # place: from d(loss)/d(w) to d(loss)/d(score), through the softmax: dscore = scale * w * (dw - rowdot), where
+    # rowdot = sum over keys of w * dw = dout . out (the same sum, by out = w @ v and dw = dout @ v.T)
+    B, NH, Kb, R = scores.shape
+    for bhj in prange(B * NH * Kb):
+        b, h, j = bhj // (NH * Kb), (bhj // Kb) % NH, bhj % Kb
+        row, drow = scores[b, h, j], dscores[b, h, j]
+        row_lse, row_dot = lse[b, h, t0:t0 + R], rowdot[b, h, t0:t0 + R]
+        for i in range(R):
+            w = fast_exp(row[i] * scale - row_lse[i])
+            w = w if j <= i + diagonal else 0
+            row[i] = w
+            drow[i] = w * (drow[i] - row_dot[i]) * scale
+
+
+def attention_backward(dqkv, dout, qkv, out, lse, NH, scores, dscores, rowdot, partial):
+    # writes dqkv (B,T,3C); dout, out (B,T,C); qkv (B,T,3C); lse (B,NH,T) from the forward pass. Scratch: scores
+    # and dscores as the forward's scores, rowdot (B,NH,T), partial (as many floats as out). The keys go
+    # SMALL_BLOCK at a time, each with the queries that see it LARGE_BLOCK at a time: the forward's blocks, turned.
+    B, T, C3 = qkv.shape
     q, k, v = split_qkv(qkv, NH)
     dq, dk, dv = split_qkv(dqkv, NH)
-    dout_h = heads(dout, NH)
-    np.matmul(dout_h, v.transpose(0, 1, 3, 2), out=datt)  # out = att @ v: datt = dout @ v.T
-    np.matmul(att.transpose(0, 1, 3, 2), dout_h, out=dv)  #                dv = att.T @ dout
-    causal_softmax_backward(datt, att, att.dtype.type(1.0 / math.sqrt(q.shape[-1])))
-    np.matmul(datt, k, out=dq)                            # scores = q @ k.T: dq = dscores @ k
-    np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)      #                   dk = dscores.T @ q
+    dout_heads = heads(dout, NH)
+    scale = qkv.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    attention_row_dots(rowdot, dout, out)
+    for k0 in range(0, T, SMALL_BLOCK):
+        k1 = min(T, k0 + SMALL_BLOCK)
+        for q0 in range(k0, T, LARGE_BLOCK):  # the queries from k0 on see keys of this block
+            q1 = min(T, q0 + LARGE_BLOCK)
+            w, dw = block_of(scores, B, NH, k1 - k0, q1 - q0), block_of(dscores, B, NH, k1 - k0, q1 - q0)
+            np.matmul(k[:, :, k0:k1], q[:, :, q0:q1].transpose(0, 1, 3, 2), out=w)             # the scores again
+            np.matmul(v[:, :, k0:k1], dout_heads[:, :, q0:q1].transpose(0, 1, 3, 2), out=dw)  # dw = dout @ v.T
+            attention_softmax_backward(w, dw, lse, rowdot, q0, scale, q0 - k0)
+            batched_matmul(dv[:, :, k0:k1], w, dout_heads[:, :, q0:q1], q0 > k0, partial)       # dv = w.T @ dout
+            batched_matmul(dk[:, :, k0:k1], dw, q[:, :, q0:q1], q0 > k0, partial)               # dk = dscore.T @ q
+            batched_matmul(dq[:, :, q0:q1], dw.transpose(0, 1, 3, 2), k[:, :, k0:k1], k0 > 0, partial)  # dq = dscore @ k
 
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
@@ -415,11 +536,11 @@ GELU_SCALE = math.sqrt(2.0 / math.pi)
 
 @njit(cache=True, inline="always")
 def fast_tanh(y):
-    # tanh(y) = 1 - 2 / (exp(2y) + 1): C's expf is several times faster than its tanhf, and this is as accurate
-    # to the float32 rounding of GELU's output (exp(2y) = inf for large y gives 1, as it should). The float32
-    # constants keep a float32 y in float32 (an integer constant would make it float64); float64 stays float64.
+    # tanh(y) = 1 - 2 / (exp(2y) + 1): an exponential vectorises (fast_exp) where C's tanhf does not, and this is as
+    # accurate to the float32 rounding of GELU's output (exp(2y) = inf for large y gives 1, as it should). The
+    # float32 constants keep a float32 y in float32 (an integer constant would make it float64); float64 stays.
     one, two = np.float32(1), np.float32(2)
-    return one - two / (math.exp(two * y) + one)
+    return one - two / (fast_exp(two * y) + one)
 
 
 @kernel
@@ -464,17 +585,31 @@ def residual_forward(out, residual):
 @kernel
 def crossentropy_forward(losses, logsumexp, logits, targets, V):
     # losses, logsumexp (N,); logits (N,Vp); targets (N,). Only the first V of the Vp columns are real tokens:
-    # loss = -log softmax(logits[:V])[target] = logsumexp(logits[:V]) - logits[target]
+    # loss = -log softmax(logits[:V])[target] = logsumexp(logits[:V]) - logits[target]. The max and the sum run in
+    # LANES partial results, combined at the end: one running sum would wait for each addition before the next
+    # (reordering them is not allowed, see above), while LANES independent ones fill a SIMD register.
     N = logits.shape[0]
+    full = V - V % LANES
     for n in prange(N):
-        maxval = logits.dtype.type(-1e30)
-        for i in range(V):
-            maxval = max(maxval, logits[n, i])
+        row = logits[n]
+        maxes = np.full(LANES, -np.inf, logits.dtype)
+        for i0 in range(0, full, LANES):
+            for lane in range(LANES):
+                maxes[lane] = max(maxes[lane], row[i0 + lane])
+        maxval = maxes.max()
+        for i in range(full, V):
+            maxval = max(maxval, row[i])
+        sums = np.zeros(LANES, logits.dtype)
+        for i0 in range(0, full, LANES):
+            for lane in range(LANES):
+                sums[lane] += fast_exp(row[i0 + lane] - maxval)
         expsum = logits.dtype.type(0)
-        for i in range(V):
-            expsum += math.exp(logits[n, i] - maxval)
+        for lane in range(LANES):
+            expsum += sums[lane]
+        for i in range(full, V):
+            expsum += fast_exp(row[i] - maxval)
         logsumexp[n] = maxval + math.log(expsum)
-        losses[n] = logsumexp[n] - logits[n, targets[n]]
+        losses[n] = logsumexp[n] - row[targets[n]]
 
 
 @kernel
@@ -486,7 +621,7 @@ def crossentropy_backward(dlogits, logits, logsumexp, targets, dloss, V):
     dloss = logits.dtype.type(dloss)
     for n in prange(N):
         for i in range(V):
-            dlogits[n, i] = math.exp(logits[n, i] - logsumexp[n]) * dloss
+            dlogits[n, i] = fast_exp(logits[n, i] - logsumexp[n]) * dloss
         dlogits[n, targets[n]] -= dloss
         for i in range(V, Vp):
             dlogits[n, i] = 0
@@ -642,7 +777,8 @@ def activation_shapes(config, B, T, training, pos=0):
     shapes = {
         "encoded": (B, T, C),                                              # wte[token] + wpe[pos + t]
         "ln1": (Ls, B, T, C), "ln1_mean": (Ls, B, T), "ln1_rstd": (Ls, B, T),
-        "qkv": (Ls, B, T, 3 * C), "att": (Ls, B, NH, T, pos + T), "atty": (Ls, B, T, C),
+        "qkv": (Ls, B, T, 3 * C), "atty": (Ls, B, T, C),                 # atty: attention's output
+        "att_lse": (Ls, B, NH, T),                                        # each query's log-sum-exp of scores
         "residual2": (Ls, B, T, C),                                        # after the attention's residual
         "ln2": (Ls, B, T, C), "ln2_mean": (Ls, B, T), "ln2_rstd": (Ls, B, T),
         "fch": (Ls, B, T, 4 * C),
@@ -651,10 +787,14 @@ def activation_shapes(config, B, T, training, pos=0):
         "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
         "logits": (B, T, Vp),                                              # the backward pass turns them into dlogits
         "logsumexp": (B, T), "losses": (B, T),
+        # attention's scratch (see attention_forward): a block of scores, and each query's running max and sum
+        "att_scores": (B, NH, min(pos + T, LARGE_BLOCK), min(T, SMALL_BLOCK)),
+        "att_max": (B, NH, min(T, SMALL_BLOCK)), "att_sum": (B, NH, min(T, SMALL_BLOCK)), "att_partial": (B, T, C),
     }
     if training:  # the gradients of the residual stream and of the tensors each layer's backward pass goes through
         shapes.update({"dresidual": (B, T, C), "dln": (B, T, C), "datty": (B, T, C), "dqkv": (B, T, 3 * C),
-                       "datt": (B, NH, T, T), "dfch": (B, T, 4 * C),
+                       "datt_scores": (B, NH, min(T, LARGE_BLOCK), min(T, SMALL_BLOCK)), "att_rowdot": (B, NH, T),
+                       "dfch": (B, T, 4 * C),
                        "dweight_block": (4 * C * C,)})                     # see matmul_backward
     return shapes
 
@@ -775,7 +915,8 @@ class GPT2:
             layernorm_forward(rows(a.ln1[i]), a.ln1_mean[i].ravel(), a.ln1_rstd[i].ravel(), rows(residual),
                               p.ln1w[l], p.ln1b[l])
             matmul_forward(rows(a.qkv[i]), rows(a.ln1[i]), p.qkvw[l], p.qkvb[l])
-            attention_forward(a.atty[i], a.att[i], a.qkv[i], cfg.num_heads, kv_cache, pos)
+            attention_forward(a.atty[i], a.att_lse[i], a.qkv[i], cfg.num_heads, a.att_scores, a.att_max, a.att_sum,
+                              a.att_partial, kv_cache, pos)
             matmul_forward(rows(a.residual2[i]), rows(a.atty[i]), p.attprojw[l], p.attprojb[l])
             residual_forward(rows(a.residual2[i]), rows(residual))
             # MLP: residual3 = residual2 + fcproj(gelu(fc(layernorm(residual2))))
@@ -830,7 +971,8 @@ class GPT2:
             # attention, backwards; dresidual now holds d(loss)/d(residual2[l])
             matmul_backward(datty, g.attprojw[l], g.attprojb[l], dresidual, rows(a.atty[l]), p.attprojw[l],
                             a.dweight_block, accumulate)
-            attention_backward(a.dqkv, a.datty, a.qkv[l], a.att[l], a.datt, cfg.num_heads)
+            attention_backward(a.dqkv, a.datty, a.qkv[l], a.atty[l], a.att_lse[l], cfg.num_heads, a.att_scores,
+                               a.datt_scores, a.att_rowdot, a.att_partial)
             matmul_backward(dln, g.qkvw[l], g.qkvb[l], rows(a.dqkv), rows(a.ln1[l]), p.qkvw[l], a.dweight_block,
                             accumulate)
             layernorm_backward(dresidual, g.ln1w[l], g.ln1b[l], dln, rows(residual), p.ln1w[l],
