@@ -264,9 +264,12 @@ def test_shorter_batches_give_the_same_logits(training):
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 1e-5)])
-def test_kv_cache_continues_a_sequence(dtype, tolerance):
+def test_kv_cache_continues_a_sequence(dtype, tolerance, monkeypatch):
     # a prompt of 3 positions at once, then one position at a time from the KV cache: at every position, the
-    # logits of the full recomputation
+    # logits of the full recomputation. Blocks of 2 queries and 3 keys make the prompt two query blocks, and the
+    # later positions see keys over up to three key blocks
+    monkeypatch.setattr(g, "SMALL_BLOCK", 2)
+    monkeypatch.setattr(g, "LARGE_BLOCK", 3)
     config = tiny_config()
     rng = np.random.default_rng(14)
     B, T = 2, config.max_seq_len

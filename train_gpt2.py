@@ -362,7 +362,7 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 # each new block of scores s (R queries x Kb keys) and values v (Kb,hs):
 #     m' = max(m, max over the block of s);   c = exp(m - m')      (the terms so far, rescaled to the new max)
 #     l = c * l + sum of exp(s - m');    out = c * out + exp(s - m') @ v;    m = m'
-# and after its last block, out /= l and lse = m + log(l). (Up to T = LARGE_BLOCK there is only one key block.)
+# and in the end out / l is the output and m + log(l) the log-sum-exp. (Up to LARGE_BLOCK keys, one block.)
 # The products of each block go to BLAS, over all the heads as a batch, and the softmax is a kernel; heads() views
 # a (B,T,C) buffer as (B,NH,T,hs) with no copy. A block of scores is stored keys x queries, (Kb, R) per head, so
 # that the max and the sums over keys run along rows of queries: SIMD does them with no sum reordered.
@@ -403,17 +403,18 @@ def batched_matmul(out, a, b, add, scratch):
 
 
 @kernel
-def attention_softmax(scores, rowmax, rowsum, out, scale, diagonal, first):
-    # One step of the online softmax. scores (B,NH,Kb,R): q.k of Kb keys (rows) with R queries (columns), in place
-    # -> exp(scale * (score - m')), 0 where masked: key j is seen by query i if j <= i + diagonal. rowmax, rowsum
-    # (B,NH,>=R): each query's running max m (of the unscaled scores) and sum l; out (B,NH,R,hs) its output so far,
-    # rescaled by c here. The first block of keys starts them.
+def attention_softmax(scores, rowmax, rowsum, out, lse, t0, scale, diagonal, first, last):
+    # One step of the online softmax. scores (B,NH,Kb,R): q.k of Kb keys (rows) with the R queries from t0
+    # (columns), in place -> exp(scale * (score - m')), 0 where masked: key j is seen by query i if j <= i + diagonal.
+    # rowmax, rowsum (B,NH,>=R): each query's running max m (of the unscaled scores) and sum l; out (B,NH,R,hs) its
+    # output so far, rescaled by c here. The first block of keys starts them. After the last, the weights and the
+    # output so far are divided by l (so that the next product completes the output) and lse (B,NH,T) is written.
     B, NH, Kb, R = scores.shape
     hs = out.shape[3]
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
         m, l = rowmax[b, h], rowsum[b, h]
-        newmax = np.empty(R, scores.dtype)
+        newmax, rescale = np.empty(R, scores.dtype), np.zeros(R, scores.dtype)
         for i in range(R):
             newmax[i] = -np.inf if first else m[i]
         for j in range(Kb):
@@ -425,10 +426,8 @@ def attention_softmax(scores, rowmax, rowsum, out, scale, diagonal, first):
             if first:
                 l[i] = 0
             else:
-                c = fast_exp((m[i] - newmax[i]) * scale)
-                l[i] *= c
-                for d in range(hs):
-                    out[b, h, i, d] *= c
+                rescale[i] = fast_exp((m[i] - newmax[i]) * scale)  # c
+                l[i] *= rescale[i]
             m[i] = newmax[i]
         for j in range(Kb):
             row = scores[b, h, j]
@@ -436,19 +435,19 @@ def attention_softmax(scores, rowmax, rowsum, out, scale, diagonal, first):
                 e = fast_exp((row[i] - m[i]) * scale)
                 row[i] = e if j <= i + diagonal else 0
                 l[i] += row[i]
-
-
-@kernel
-def attention_normalize(out, lse, t0, rowmax, rowsum, scale):
-    # out (B,NH,R,hs) /= l, for the R queries from t0, whose lse (B,NH,T) gets m + log(l); see attention_softmax
-    B, NH, R, hs = out.shape
-    for bh in prange(B * NH):
-        b, h = bh // NH, bh % NH
-        for i in range(R):
-            inverse = out.dtype.type(1) / rowsum[b, h, i]
-            for d in range(hs):
-                out[b, h, i, d] *= inverse
-            lse[b, h, t0 + i] = rowmax[b, h, i] * scale + math.log(rowsum[b, h, i])
+        if last:
+            for i in range(R):
+                lse[b, h, t0 + i] = m[i] * scale + math.log(l[i])
+                l[i] = scores.dtype.type(1) / l[i]
+                rescale[i] *= l[i]
+            for j in range(Kb):
+                row = scores[b, h, j]
+                for i in range(R):
+                    row[i] *= l[i]
+        if not first:
+            for i in range(R):
+                for d in range(hs):
+                    out[b, h, i, d] *= rescale[i]
 
 
 def attention_forward(out, lse, qkv, NH, scores, rowmax, rowsum, partial, kv_cache=None, pos=0):
@@ -471,9 +470,8 @@ def attention_forward(out, lse, qkv, NH, scores, rowmax, rowsum, partial, kv_cac
             k1 = min(pos + q1, k0 + LARGE_BLOCK)
             block = block_of(scores, B, NH, k1 - k0, q1 - q0)
             np.matmul(k[:, :, k0:k1], q[:, :, q0:q1].transpose(0, 1, 3, 2), out=block)
-            attention_softmax(block, rowmax, rowsum, out_block, scale, pos + q0 - k0, k0 == 0)
+            attention_softmax(block, rowmax, rowsum, out_block, lse, q0, scale, pos + q0 - k0, k0 == 0, k1 == pos + q1)
             batched_matmul(out_block, block.transpose(0, 1, 3, 2), v[:, :, k0:k1], k0 > 0, partial)
-        attention_normalize(out_block, lse, q0, rowmax, rowsum, scale)
 
 
 @kernel
@@ -526,9 +524,11 @@ def attention_backward(dqkv, dout, qkv, out, lse, NH, scores, dscores, rowdot, p
             np.matmul(k[:, :, k0:k1], q[:, :, q0:q1].transpose(0, 1, 3, 2), out=w)             # the scores again
             np.matmul(v[:, :, k0:k1], dout_heads[:, :, q0:q1].transpose(0, 1, 3, 2), out=dw)  # dw = dout @ v.T
             attention_softmax_backward(w, dw, lse, rowdot, q0, scale, q0 - k0)
-            batched_matmul(dv[:, :, k0:k1], w, dout_heads[:, :, q0:q1], q0 > k0, partial)       # dv = w.T @ dout
-            batched_matmul(dk[:, :, k0:k1], dw, q[:, :, q0:q1], q0 > k0, partial)               # dk = dscore.T @ q
-            batched_matmul(dq[:, :, q0:q1], dw.transpose(0, 1, 3, 2), k[:, :, k0:k1], k0 > 0, partial)  # dq = dscore @ k
+            # with the weights w (queries, keys), which the blocks hold turned: dv = w.T @ dout, dk = dscore.T @ q
+            # and dq = dscore @ k; a key block's dv and dk, and a query block's dq, add up over the blocks
+            batched_matmul(dv[:, :, k0:k1], w, dout_heads[:, :, q0:q1], q0 > k0, partial)
+            batched_matmul(dk[:, :, k0:k1], dw, q[:, :, q0:q1], q0 > k0, partial)
+            batched_matmul(dq[:, :, q0:q1], dw.transpose(0, 1, 3, 2), k[:, :, k0:k1], k0 > 0, partial)
 
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
