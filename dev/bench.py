@@ -17,7 +17,7 @@ imports torch first and never train_gpt2 (which sets OpenMP's wait policy at imp
 
 The README's tables:
     python -m dev.bench --vs torch      # d12, B=4, T=64: ours and PyTorch, speed-up and RSS ratio
-    python -m dev.bench --sweep         # ms/step, per-token cost and RSS over B*T (256..4096) and depth (d6..d24)
+    python -m dev.bench --sweep         # ms/step, per-token cost and RSS over T (64..1024) and depth (d6..d24)
     python -m dev.bench --profile       # each kernel's share of our step
     python -m dev.bench --processes     # 1 process x 2 threads, 1 x 1, and 2 processes x 1 thread under mpirun
 
@@ -681,7 +681,7 @@ def print_profile(w):
 
 def sweep(args):
     B, T = args.batch_size, args.seq_len
-    parts = [(f"over B*T at {args.model}, B={B}", [(args.model, B, bt // B) for bt in args.sweep_bt]),
+    parts = [(f"over T at {args.model}, B={B}", [(args.model, B, t) for t in args.sweep_t]),
              (f"over depth at B={B}, T={T}", [(d, B, T) for d in args.sweep_depths])]
     print(f"sweep: {args.warmup} warm-up + {args.steps} timed steps per config, each in a fresh worker")
     done = {}
@@ -720,9 +720,9 @@ def parse_args(argv=None):
         help="also time dev/make_reference.py's PyTorch GPT-2 (torch) or, with --generate, transformers' generate, "
              "alternating steps")
     add("--profile", action="store_true", help="each train_gpt2 kernel's share of our step")
-    add("--sweep", action="store_true", help="ms/step, per-token cost and RSS over B*T and over depth")
-    add("--sweep-bt", default="256,1024,4096", metavar="LIST",
-        help="B*T of the sweep over B*T, at -e and -b (T = B*T / B; default %(default)s)")
+    add("--sweep", action="store_true", help="ms/step, per-token cost and RSS over T and over depth")
+    add("--sweep-t", default="64,256,1024", metavar="LIST",
+        help="sequence lengths of the sweep over T, at -e and -b (default %(default)s)")
     add("--sweep-depths", default="d6,d12,d24", metavar="LIST",
         help="models of the sweep over depth, at -b and -t (default %(default)s)")
     add("--sgemm-repeats", type=int, default=5, metavar="N",
@@ -753,11 +753,11 @@ def parse_args(argv=None):
     if args.vs == "transformers" and not args.generate:
         parser.error("--vs transformers times generation: give --generate")
     try:
-        args.sweep_bt = [int(v) for v in args.sweep_bt.split(",")]
+        args.sweep_t = [int(v) for v in args.sweep_t.split(",")]
     except ValueError:
-        parser.error(f"--sweep-bt {args.sweep_bt!r}: expected integers separated by commas")
-    if any(bt < 1 or bt % args.batch_size for bt in args.sweep_bt):
-        parser.error(f"every --sweep-bt must be a positive multiple of B={args.batch_size}")
+        parser.error(f"--sweep-t {args.sweep_t!r}: expected integers separated by commas")
+    if min(args.sweep_t) < 1:
+        parser.error("every --sweep-t must be at least 1")
     args.sweep_depths = args.sweep_depths.split(",")
     return args
 
