@@ -20,6 +20,7 @@ The README's tables:
     python -m dev.bench --sweep         # ms/step, per-token cost and RSS over T (64..1024) and depth (d6..d24)
     python -m dev.bench --profile       # each kernel's share of our step
     python -m dev.bench --processes     # 1 process x 2 threads, 1 x 1, and 2 processes x 1 thread under mpirun
+    python -m dev.bench --attention -t 1024 --vs torch   # attention alone: ours, PyTorch's fused and its eager
 
 --generate times text generation at batch 1, greedy, after a prompt of random tokens (16, then 128 new tokens by
 default): train_gpt2.generate with its KV cache; the full recomputation that the trainer's samples used before it
@@ -42,6 +43,7 @@ all-gather) per step, and each process's peak RSS. Needs mpi4py and Open MPI (pi
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -111,6 +113,24 @@ def install_profiler(tg, model):
     return stats
 
 
+def numba_info():
+    import numba
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "?"
+    return dict(threading=f"numba {layer}", threads=numba.get_num_threads())
+
+
+def torch_info(torch):
+    build = torch.__config__.show().replace(",", " ").split()
+    blas = [w.split("=")[1] for w in build if w.startswith("BLAS_INFO=")]
+    aten = [line.split(":")[1].strip() for line in torch.__config__.parallel_info().splitlines()
+            if line.startswith("ATen parallel backend")]
+    return dict(threads=torch.get_num_threads(),
+                threading=f"torch {torch.__version__}, {(aten or ['?'])[0]}, BLAS {(blas or ['?'])[0]}")
+
+
 def ours_worker(args):
     import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
     import numba
@@ -133,14 +153,9 @@ def ours_worker(args):
         return dict(loss=loss)
 
     def info():
-        try:
-            layer = numba.threading_layer()
-        except ValueError:
-            layer = "?"
         for record in profile.values():  # called after the warm-up: the profile counts the timed steps only
             record[:] = [0, 0.0, 0.0]
-        return dict(config=vars(model.config), num_parameters=model.num_parameters, threading=f"numba {layer}",
-                    threads=numba.get_num_threads(),
+        return dict(config=vars(model.config), num_parameters=model.num_parameters, **numba_info(),
                     compiled=sum(sum(f.stats.cache_misses.values()) for f in kernels),
                     cached=sum(sum(f.stats.cache_hits.values()) for f in kernels))
     return step, info, lambda: dict(profile=profile)
@@ -174,14 +189,7 @@ def torch_worker(args):
         optimizer.step()
         return dict(loss=loss.item())
 
-    def info():
-        build = torch.__config__.show().replace(",", " ").split()
-        blas = [w.split("=")[1] for w in build if w.startswith("BLAS_INFO=")]
-        aten = [line.split(":")[1].strip() for line in torch.__config__.parallel_info().splitlines()
-                if line.startswith("ATen parallel backend")]
-        return dict(torch=torch.__version__, threads=torch.get_num_threads(),
-                    threading=f"torch {torch.__version__}, {(aten or ['?'])[0]}, BLAS {(blas or ['?'])[0]}")
-    return step, info, dict
+    return step, lambda: dict(torch=torch.__version__, **torch_info(torch)), dict
 
 
 # Generation workers: a "step" generates args.gen_tokens tokens greedily after a prompt of random tokens, and
@@ -280,8 +288,70 @@ def transformers_worker(args):
     return step, info, dict
 
 
+def attention_worker(args):
+    """Ours: one step is train_gpt2's attention_forward over the L layers' buffers, then attention_backward over
+    them in reverse, as the training step calls them, on random queries, keys and values."""
+    import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
+    import numpy as np
+    try:
+        config = tg.model_config(args.model)
+    except tg.GPT2Error as e:
+        raise BenchError(str(e)) from None
+    L, NH, B, T = config.num_layers, config.num_heads, args.batch_size, args.seq_len
+    shapes = {name: shape for name, shape in tg.activation_shapes(config, B, T, training=True).items()
+              if name.startswith(("qkv", "atty", "att_", "datt", "dqkv"))}
+    a = tg.point_tensors(tg.zeros(sum(math.prod(shape) for shape in shapes.values()), np.float32), shapes)
+    a.qkv[:] = np.random.default_rng(args.seed).standard_normal(a.qkv.shape, np.float32)
+    a.datty[:] = np.random.default_rng(args.seed + 1).standard_normal(a.datty.shape, np.float32)
+
+    def step():
+        start = time.perf_counter()
+        for l in range(L):
+            tg.attention_forward(a.atty[l], a.att_lse[l], a.qkv[l], NH, a.att_scores, a.att_max, a.att_sum,
+                                 a.att_partial)
+        middle = time.perf_counter()
+        for l in reversed(range(L)):
+            tg.attention_backward(a.dqkv, a.datty, a.qkv[l], a.atty[l], a.att_lse[l], NH, a.att_scores,
+                                  a.datt_scores, a.att_rowdot, a.att_partial)
+        return dict(forward=middle - start, backward=time.perf_counter() - middle)
+    return step, lambda: dict(config=vars(config), name="ours (train_gpt2)", **numba_info()), dict
+
+
+def torch_attention_worker(args):
+    """PyTorch's causal attention over L layers, forward then backward, on random queries, keys and values (one
+    leaf tensor of each per layer): its fused kernel, scaled_dot_product_attention (a flash attention on the CPU), or with
+    --worker eager the plain one of dev/make_reference.py (q @ k.T, mask, softmax, @ v), which keeps the weights."""
+    import torch
+    config = json.loads(args.config)
+    torch.set_num_threads(args.threads)
+    L, NH, B, T, C = config["num_layers"], config["num_heads"], args.batch_size, args.seq_len, config["channels"]
+    generator = torch.Generator().manual_seed(args.seed)
+    q, k, v, dout = ([torch.randn(B, NH, T, C // NH, generator=generator) for _ in range(L)] for _ in range(4))
+    for tensor in q + k + v:
+        tensor.requires_grad_()
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+
+    def attention(q, k, v):
+        if args.worker == "sdpa":
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        weights = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+        return torch.softmax(weights.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+    def step():
+        for tensor in q + k + v:
+            tensor.grad = None
+        start = time.perf_counter()
+        outs = [attention(q[l], k[l], v[l]) for l in range(L)]
+        middle = time.perf_counter()
+        torch.autograd.backward(outs, dout)
+        return dict(forward=middle - start, backward=time.perf_counter() - middle)
+    name = "PyTorch scaled_dot_product_attention" if args.worker == "sdpa" else "PyTorch eager (q @ k.T, softmax)"
+    return step, lambda: dict(name=f"{name} {torch.__version__}", **torch_info(torch)), dict
+
+
 WORKERS = {"ours": ours_worker, "torch": torch_worker, "generate": generate_worker, "recompute": generate_worker,
-           "transformers": transformers_worker}
+           "transformers": transformers_worker,
+           "attention": attention_worker, "sdpa": torch_attention_worker, "eager": torch_attention_worker}
 
 
 def serve(args):
@@ -321,7 +391,7 @@ def serve(args):
 
 class Worker:
     def __init__(self, kind, args, model, B, T, config=None):
-        self.kind, self.times, self.losses, self.final = kind, [], [], None
+        self.kind, self.times, self.losses, self.replies, self.final = kind, [], [], [], None
         argv = [sys.executable, "-m", "dev.bench", "--worker", kind, "-e", model, "-b", str(B), "-t", str(T),
                 "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup)]
         argv += (["--profile"] if args.profile and kind == "ours" else []) + (["--config", config] if config else [])
@@ -365,11 +435,11 @@ class Worker:
             self.proc.wait()
 
 
-def measure(args, model, B, T, with_torch=False):
+def measure(args, model, B, T, kinds=("ours",)):
     """Starts the workers one after the other, so that each starts up alone, then alternates their timed steps."""
     workers = []
     try:
-        for kind in ("ours", "torch") if with_torch else ("ours",):
+        for kind in kinds:
             config = json.dumps(workers[0].info["config"]) if workers else None
             workers.append(Worker(kind, args, model, B, T, config))
             workers[-1].start()
@@ -377,7 +447,8 @@ def measure(args, model, B, T, with_torch=False):
             for w in workers:  # back to back: a step after the cores idled even briefly can run 1.5x slower
                 reply = w.request("step")
                 w.times.append(reply["seconds"])
-                w.losses.append(reply["loss"])
+                w.losses.append(reply.get("loss"))
+                w.replies.append(reply)
         for w in workers:
             w.final = w.request("finish")
     finally:
@@ -637,7 +708,7 @@ def generate_run(args):
 
 def main_run(args):
     B, T = args.batch_size, args.seq_len
-    workers = measure(args, args.model, B, T, with_torch=args.vs == "torch")
+    workers = measure(args, args.model, B, T, ("ours", "torch") if args.vs == "torch" else ("ours",))
     ours = workers[0].info
     sgemm, per_shape = sgemm_gflops(ours["config"], B * T, args.sgemm_repeats)
     rows = [summarize(w, B, T, step_flops(ours, B, T), sgemm) for w in workers]
@@ -677,6 +748,25 @@ def print_profile(w):
             print(f"| {name} | {calls / steps:g} | {ms:.2f} | {100 * ms / step:.1f}% | {inclusive / steps * 1e3:.2f} |")
     other = step - sum(s[2] for _, s in stats) / steps * 1e3
     print(f"| other (Python, views, loss mean) | | {other:.2f} | {100 * other / step:.1f}% | |")
+
+
+def attention_run(args):
+    B, T = args.batch_size, args.seq_len
+    kinds = ("attention", "sdpa", "eager") if args.vs == "torch" else ("attention",)
+    workers = measure(args, args.model, B, T, kinds)
+    c = workers[0].info["config"]
+    print(machine(args, workers))
+    print(f"model:   {args.model}: L={c['num_layers']} C={c['channels']} NH={c['num_heads']}; B={B} T={T}; "
+          f"a step: every layer's attention forward, then every layer's backward")
+    print(f"steps:   {args.warmup} warm-up + {args.steps} timed" + (", alternating" if len(workers) > 1 else "")
+          + "\n\n| attention | forward ms | backward ms | forward + backward ms, median (min-max) | vs ours | "
+          "peak RSS MiB |\n|---|--:|--:|--:|--:|--:|")
+    ours = statistics.median(workers[0].times)
+    for w in workers:
+        forward, backward = (statistics.median(r[part] for r in w.replies) * 1e3 for part in ("forward", "backward"))
+        total = statistics.median(w.times)
+        print(f"| {w.info['name']} | {forward:.1f} | {backward:.1f} | {total * 1e3:.1f} ({min(w.times) * 1e3:.1f}-"
+              f"{max(w.times) * 1e3:.1f}) | {total / ours:.2f}x | {w.final['peak_rss_mib']:,.0f} |")
 
 
 def sweep(args):
@@ -720,6 +810,8 @@ def parse_args(argv=None):
         help="also time dev/make_reference.py's PyTorch GPT-2 (torch) or, with --generate, transformers' generate, "
              "alternating steps")
     add("--profile", action="store_true", help="each train_gpt2 kernel's share of our step")
+    add("--attention", action="store_true",
+        help="attention alone: every layer's forward, then backward (with --vs torch: PyTorch's fused and eager)")
     add("--sweep", action="store_true", help="ms/step, per-token cost and RSS over T and over depth")
     add("--sweep-t", default="64,256,1024", metavar="LIST",
         help="sequence lengths of the sweep over T, at -e and -b (default %(default)s)")
@@ -750,6 +842,8 @@ def parse_args(argv=None):
         parser.error("--sweep times ours alone: no --vs or --profile with it")
     if args.generate and (args.vs == "torch" or args.sweep or args.profile or args.processes):
         parser.error("--generate goes with --vs transformers only")
+    if args.attention and (args.sweep or args.profile or args.generate or args.processes):
+        parser.error("--attention goes with --vs torch only")
     if args.vs == "transformers" and not args.generate:
         parser.error("--vs transformers times generation: give --generate")
     try:
@@ -788,6 +882,8 @@ def main(argv=None):
             processes_run(args)
         elif args.sweep:
             sweep(args)
+        elif args.attention:
+            attention_run(args)
         else:
             generate_run(args) if args.generate else main_run(args)
     except BenchError as e:
