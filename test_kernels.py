@@ -5,12 +5,14 @@ the full recomputation; AdamW and the gradient norm against llm.c's update writt
 """
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import train_gpt2 as g
-from conftest import FIXTURE_MODEL, random_model, split_parameters, tiny_config
+from conftest import FIXTURE_MODEL, HERE, random_model, split_parameters, tiny_config
 
 # the finite-difference checks, in float64
 RELATIVE_ERROR_TOLERANCE = 1e-6
@@ -134,6 +136,17 @@ def test_attention_gradients(monkeypatch, blocks):
     dqkv = np.full_like(qkv, np.nan)  # attention_backward writes every entry
     g.attention_backward(dqkv, weights, qkv, out, lse, NH, scores, dscores, np.full((B, NH, T), np.nan), partial)
     assert_gradient("qkv", dqkv, numerical_gradient(loss, qkv))
+
+
+def test_bench_times_attention():
+    # python -m dev.bench --attention, as the README's table is made (ours alone, which needs no PyTorch)
+    command = [sys.executable, "-m", "dev.bench", "--attention", "-e", FIXTURE_MODEL, "-t", "16", "--steps", "2"]
+    result = subprocess.run(command, cwd=HERE, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ours (train_gpt2) |")]
+    assert len(rows) == 1 and float(rows[0][1]) > 0 and float(rows[0][2]) > 0 and rows[0][4] == "1.00x", rows
+    refused = subprocess.run(command + ["--profile"], cwd=HERE, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--attention goes with --vs torch only" in refused.stderr
 
 
 @pytest.mark.parametrize("x", [0.0, 1e-300, -1e-9, 0.5, -0.34657359, 0.34657359, 1.0, -20.5, 88.7, -87.3, -103.9,

@@ -12,7 +12,7 @@ and every tensor is a view into one of them. A model that only runs forward (to 
 has its parameters, one layer's activations and a KV cache. The file reads top to bottom:
 
     1. file headers and errors      llm.c's 256-int header, one error type for bad input
-    2. kernels                      each layer's forward beside its backward
+    2. kernels                      each layer's forward beside its backward; attention in blocks (flash)
     3. random numbers               llm.c's Mersenne Twister and xorshift generators, to the bit
     4. the model                    GPT-2 itself: parameters, forward, backward, checkpoints, init
     5. the optimizer                AdamW, the gradient norm, learning rate schedules
@@ -371,7 +371,10 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 # positions before them too. A KV cache keeps those: then the T new positions start at `pos`, the keys and values
 # are the cache's first pos+T positions, and query t sees keys 0..pos+t.
 
-SMALL_BLOCK, LARGE_BLOCK = 256, 1024  # forward: 256 queries x 1024 keys; backward: 256 keys x 1024 queries
+# Forward: 256 queries x 1024 keys; backward: 256 keys x 1024 queries. Few, large blocks: each matrix of a batched
+# product wakes BLAS's threads (which sleep when idle, see the top of the file), and at T=1024 blocks of 128 x 512
+# made the attention 1.4x slower. The scratch stays small: B*NH*256*1024 floats, 48 MB at B=4, NH=12.
+SMALL_BLOCK, LARGE_BLOCK = 256, 1024
 
 
 def heads(x, NH):
