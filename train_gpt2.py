@@ -373,7 +373,8 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 
 # Forward: 256 queries x 1024 keys; backward: 256 keys x 1024 queries. Few, large blocks: each matrix of a batched
 # product wakes BLAS's threads (which sleep when idle, see the top of the file), and at T=1024 blocks of 128 x 512
-# made the attention 1.35x slower (dev/bench.py --attention). The scratch stays small: B*NH*256*1024 floats, 48 MB at B=4, NH=12.
+# made the attention 1.35x slower (dev/bench.py --attention). The scratch stays small: B*NH*256*1024 floats, 48 MB
+# at B=4, NH=12.
 SMALL_BLOCK, LARGE_BLOCK = 256, 1024
 
 

@@ -319,8 +319,9 @@ def attention_worker(args):
 
 def torch_attention_worker(args):
     """PyTorch's causal attention over L layers, forward then backward, on random queries, keys and values (one
-    leaf tensor of each per layer): its fused kernel, scaled_dot_product_attention (a flash attention on the CPU), or with
-    --worker eager the plain one of dev/make_reference.py (q @ k.T, mask, softmax, @ v), which keeps the weights."""
+    leaf tensor of each per layer): its fused kernel, scaled_dot_product_attention (a flash attention on the CPU),
+    or with --worker eager the plain one of dev/make_reference.py (q @ k.T, mask, softmax, @ v), which keeps the
+    weights."""
     import torch
     config = json.loads(args.config)
     torch.set_num_threads(args.threads)
