@@ -223,7 +223,11 @@ def test_residual_forward():
     np.testing.assert_array_equal(out, expected)
 
 
-def test_whole_model_gradients():
+@pytest.mark.parametrize("blocks", [(128, 512), (2, 3)])
+def test_whole_model_gradients(monkeypatch, blocks):
+    # with small attention blocks too: the training buffers that activation_shapes sizes hold every block
+    monkeypatch.setattr(g, "SMALL_BLOCK", blocks[0])
+    monkeypatch.setattr(g, "LARGE_BLOCK", blocks[1])
     config = tiny_config()
     model = random_model(config, np.float64)
     rng = np.random.default_rng(7)
@@ -299,6 +303,14 @@ def test_kv_cache_continues_a_sequence(dtype, tolerance, monkeypatch):
         model.forward(x[:, pos:pos + 1], pos=pos)
         steps.append(model.activations(B, 1, pos).logits.copy())
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=0, atol=tolerance)
+    # fewer sequences, and several positions at a time from pos > 0, as evaluation runs completions: their queries
+    # span two query blocks, and some of them see none of a key block's keys
+    model.forward(x[:1, :2])
+    steps = [model.activations(1, 2).logits.copy()]
+    for pos in range(2, T, 3):
+        model.forward(x[:1, pos:pos + 3], pos=pos)
+        steps.append(model.activations(1, min(3, T - pos), pos).logits.copy())
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full[:1], rtol=0, atol=tolerance)
     for too_many, pos in ((x[:, :2], T - 1), (x[:, :4], 0), (np.concatenate([x, x])[:, :1], 0)):
         with pytest.raises(ValueError, match=r"does not fit the \(B, T, context\) \(2, 3, 8\) allocated"):
             model.forward(too_many, pos=pos)

@@ -350,11 +350,11 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 # made. Written as plain loops, as llm.c's attention_forward is, for each b, h and query position t:
 #     w[t, t2] = softmax over t2 <= t of s[t, t2],  s[t, t2] = (q[t] . k[t2]) / sqrt(hs)   the weights (T,T)
 #     out[t] = sum over t2 <= t of w[t, t2] v[t2]
-# llm.c stores w, B*NH*T*T floats a layer, for the backward pass: at GPT-2's T=1024 that is 2.4 GB of GPT-2 124M's
-# activations, and the masked half of it is zeros. Here, as in FlashAttention (Dao et al., 2022), no T x T matrix
-# is ever stored. The forward pass goes through the scores a block at a time and keeps one float per query, the
-# log-sum-exp lse[t] = log(sum over t2 <= t of exp(s[t, t2])); the backward pass makes each block's weights again
-# from it: w[t, t2] = exp(s[t, t2] - lse[t]).
+# llm.c stores w for the backward pass (and s too), B*NH*T*T floats a layer each: for GPT-2 124M at T=1024 and B=4
+# the weights alone are 2.4 GB, and their masked half is zeros. Here, as in FlashAttention (Dao et al., 2022),
+# no T x T matrix is ever stored. The forward pass goes through the scores a block at a time and keeps one float per
+# query, the log-sum-exp lse[t] = log(sum over t2 <= t of exp(s[t, t2])); the backward pass makes each block's
+# weights again from it: w[t, t2] = exp(s[t, t2] - lse[t]).
 #
 # The forward pass takes the queries SMALL_BLOCK at a time, and their keys LARGE_BLOCK at a time up to the diagonal.
 # A softmax needs the max and the sum of all of a query's scores, but its keys come block after block: the online
@@ -362,7 +362,9 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 # each new block of scores s (R queries x Kb keys) and values v (Kb,hs):
 #     m' = max(m, max over the block of s);   c = exp(m - m')      (the terms so far, rescaled to the new max)
 #     l = c * l + sum of exp(s - m');    out = c * out + exp(s - m') @ v;    m = m'
-# and in the end out / l is the output and m + log(l) the log-sum-exp. (Up to LARGE_BLOCK keys, one block.)
+# and in the end out / l is the output and m + log(l) the log-sum-exp. A query with at most LARGE_BLOCK keys
+# needs one block, and no rescaling. (The kernel keeps m unscaled, as BLAS makes q.k, and multiplies by 1/sqrt(hs)
+# inside each exp.)
 # The products of each block go to BLAS, over all the heads as a batch, and the softmax is a kernel; heads() views
 # a (B,T,C) buffer as (B,NH,T,hs) with no copy. A block of scores is stored keys x queries, (Kb, R) per head, so
 # that the max and the sums over keys run along rows of queries: SIMD does them with no sum reordered.
@@ -373,8 +375,8 @@ def matmul_backward(dinp, dweight, dbias, dout, inp, weight, scratch, accumulate
 
 # Forward: 256 queries x 1024 keys; backward: 256 keys x 1024 queries. Few, large blocks: each matrix of a batched
 # product wakes BLAS's threads (which sleep when idle, see the top of the file), and at T=1024 blocks of 128 x 512
-# made the attention 1.35x slower (dev/bench.py --attention). The scratch stays small: B*NH*256*1024 floats, 48 MB
-# at B=4, NH=12.
+# made the attention 1.35x slower (dev/bench.py --attention). The scratch stays small: a block of scores is
+# B*NH*256*1024 floats at most, 48 MB at B=4, NH=12 (training has two, the scores and their gradients).
 SMALL_BLOCK, LARGE_BLOCK = 256, 1024
 
 
@@ -415,6 +417,7 @@ def attention_softmax(scores, rowmax, rowsum, out, lse, t0, scale, diagonal, fir
     # output so far are divided by l (so that the next product completes the output) and lse (B,NH,T) is written.
     B, NH, Kb, R = scores.shape
     hs = out.shape[3]
+    zero = scores.dtype.type(0)  # an integer 0 in `x if c else 0` would make the result float64
     for bh in prange(B * NH):
         b, h = bh // NH, bh % NH
         m, l = rowmax[b, h], rowsum[b, h]
@@ -437,7 +440,7 @@ def attention_softmax(scores, rowmax, rowsum, out, lse, t0, scale, diagonal, fir
             row = scores[b, h, j]
             for i in range(R):
                 e = fast_exp((row[i] - m[i]) * scale)
-                row[i] = e if j <= i + diagonal else 0
+                row[i] = e if j <= i + diagonal else zero
                 l[i] += row[i]
         if last:
             for i in range(R):
@@ -499,13 +502,14 @@ def attention_softmax_backward(scores, dscores, lse, rowdot, t0, scale, diagonal
     # place: from d(loss)/d(w) to d(loss)/d(score), through the softmax: dscore = scale * w * (dw - rowdot), where
     # rowdot = sum over keys of w * dw = dout . out (the same sum, by out = w @ v and dw = dout @ v.T)
     B, NH, Kb, R = scores.shape
+    zero = scores.dtype.type(0)
     for bhj in prange(B * NH * Kb):
         b, h, j = bhj // (NH * Kb), (bhj // Kb) % NH, bhj % Kb
         row, drow = scores[b, h, j], dscores[b, h, j]
         row_lse, row_dot = lse[b, h, t0:t0 + R], rowdot[b, h, t0:t0 + R]
         for i in range(R):
             w = fast_exp(row[i] * scale - row_lse[i])
-            w = w if j <= i + diagonal else 0
+            w = w if j <= i + diagonal else zero
             row[i] = w
             drow[i] = w * (drow[i] - row_dot[i]) * scale
 
@@ -797,7 +801,7 @@ def activation_shapes(config, B, T, training, pos=0):
     }
     if training:  # the gradients of the residual stream and of the tensors each layer's backward pass goes through
         shapes.update({"dresidual": (B, T, C), "dln": (B, T, C), "datty": (B, T, C), "dqkv": (B, T, 3 * C),
-                       "datt_scores": (B, NH, min(T, LARGE_BLOCK), min(T, SMALL_BLOCK)), "att_rowdot": (B, NH, T),
+                       "datt_scores": (B, NH, min(T, SMALL_BLOCK), min(T, LARGE_BLOCK)), "att_rowdot": (B, NH, T),
                        "dfch": (B, T, 4 * C),
                        "dweight_block": (4 * C * C,)})                     # see matmul_backward
     return shapes
