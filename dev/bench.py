@@ -213,7 +213,6 @@ def generate_worker(args):
     """Ours: train_gpt2.generate, the prompt at once and then one position at a time from the KV cache; or with
     --worker recompute, every position again for each new token (train_gpt2's samples before the KV cache)."""
     import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
-    import numba
     import numpy as np
     try:
         model = tg.load_gpt2(args.model)
@@ -243,8 +242,7 @@ def generate_worker(args):
     def info():
         buffers = dict(parameters=model.params_memory.nbytes, activations=model.acts_memory.nbytes,
                        kv_cache=model.kv_cache.nbytes)
-        return dict(config=vars(model.config), num_parameters=model.num_parameters, threads=numba.get_num_threads(),
-                    threading=f"numba {numba.threading_layer()}", buffers=buffers)
+        return dict(config=vars(model.config), num_parameters=model.num_parameters, buffers=buffers, **numba_info())
     return step, info, dict
 
 
