@@ -4,7 +4,7 @@ Generate text with a GPT-2: python sample_gpt2.py -e MODEL --prompt "Once upon a
 The model is anything train_gpt2.py's -e takes: an llm.c model file (a trained run's model_NNNNNNNN.bin), a Hugging
 Face GPT-2 (gpt2, gpt2-medium, a folder), or a shape such as d12 (random weights, for timing). The prompt runs
 through the model once; then each new token runs alone, attending to the keys and values of every earlier position
-that the model keeps in its KV cache (section 8 of train_gpt2.py explains it). The text goes to stdout as it comes;
+that the model keeps in its KV cache (section 5 of train_gpt2.py explains it). The text goes to stdout as it comes;
 what it took goes to stderr.
 """
 
@@ -15,20 +15,26 @@ import signal
 import sys
 import time
 
-if __name__ == "__main__":  # Ctrl-C while the libraries load: stop, quietly
-    signal.signal(signal.SIGINT, lambda signum, frame: (print("interrupted", file=sys.stderr), os._exit(130)))
+from llmc import startup  # first, before numpy and numba load
 
-import train_gpt2 as gpt2  # noqa: E402
+if __name__ == "__main__":
+    startup.quiet_interrupt()  # Ctrl-C while the libraries load: stop, quietly
+
+import train_gpt2 as tg
+from llmc import cli
+from llmc.files import GPT2Error, read_file
+from llmc.rand import XorShift
+from llmc.tokenizer import TextStream, gpt2_encoding, printable, token_pieces
 
 
 def parse_args(argv=None):
-    parser = gpt2.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="sample_gpt2.py",
         description="Generate text with a GPT-2 on the CPU, from a prompt, with a KV cache. The draw is llm.c's "
                     "(softmax, then a uniform coin from its xorshift generator), with a temperature and top-k, as "
                     "nanoGPT's sample.py, and top-p, as transformers' generate.")
     add = parser.add_argument
-    add("-e", "--model", metavar="MODEL", default=gpt2.DEFAULT_MODEL,
+    add("-e", "--model", metavar="MODEL", default=cli.DEFAULT_MODEL,
         help="llm.c model file (.bin); or a Hugging Face GPT-2, by its name on the hub (gpt2, gpt2-medium, "
              "owner/name) or a folder with config.json and model.safetensors; or a shape, dN (random weights) "
              "(default: %(default)s if it is there, else gpt2 from the hub)")
@@ -72,16 +78,16 @@ def read_prompt(args):
     if args.prompt_file is None:
         return args.prompt
     try:
-        return gpt2.read_file(args.prompt_file).decode("utf-8-sig")  # without a byte order mark
+        return read_file(args.prompt_file).decode("utf-8-sig")  # without a byte order mark
     except UnicodeDecodeError as e:
-        raise gpt2.GPT2Error(f"{args.prompt_file}: not UTF-8 text ({e.reason} at byte {e.start})")
+        raise GPT2Error(f"{args.prompt_file}: not UTF-8 text ({e.reason} at byte {e.start})")
 
 
 def encode_prompt(text, encoding, config):
     """The prompt's token ids: <|endoftext|> alone for an empty prompt, as llm.c's samples start. The prompt and
     the new tokens must fit the model's context."""
     if config.vocab_size != encoding.n_vocab:
-        raise gpt2.GPT2Error(f"the model's vocabulary has {config.vocab_size} tokens, GPT-2's tokenizer "
+        raise GPT2Error(f"the model's vocabulary has {config.vocab_size} tokens, GPT-2's tokenizer "
                              f"{encoding.n_vocab}: sample_gpt2.py needs a model with GPT-2's vocabulary")
     return encoding.encode(text, allowed_special={"<|endoftext|>"}) or [encoding.eot_token]
 
@@ -89,7 +95,7 @@ def encode_prompt(text, encoding, config):
 def check_context(prompt, args, config):
     positions = len(prompt) + args.gen_tokens - 1  # the last new token never runs through the model
     if positions > config.max_seq_len:
-        raise gpt2.GPT2Error(f"a prompt of {len(prompt)} tokens and -g {args.gen_tokens} new tokens need "
+        raise GPT2Error(f"a prompt of {len(prompt)} tokens and -g {args.gen_tokens} new tokens need "
                              f"{positions} positions, more than the model's context of {config.max_seq_len}: "
                              f"shorten the prompt or lower -g")
     return positions
@@ -98,15 +104,14 @@ def check_context(prompt, args, config):
 def sample(model, text, prompt, args, rng, pieces):
     """One sample: the prompt's text and the new text (or the new ids) to stdout as it comes, what it took to
     stderr."""
-    stream = gpt2.TextStream(pieces)
+    stream = TextStream(pieces)
     if not args.ids:
-        sys.stdout.write(gpt2.printable(text))
+        sys.stdout.write(printable(text))
     started = time.perf_counter()
     first_token = None
-    tokens = gpt2.generate(model, prompt, args.gen_tokens, rng, args.temperature, args.top_k, args.top_p)
+    tokens = tg.generate(model, prompt, args.gen_tokens, rng, args.temperature, args.top_k, args.top_p)
     for n, token in enumerate(tokens):
-        if gpt2.interrupted:  # a Ctrl-C that numba swallowed (see train_gpt2.on_interrupt)
-            raise KeyboardInterrupt
+        cli.stop_if_interrupted()  # a Ctrl-C that numba swallowed (see llmc/cli.py's on_interrupt)
         if n == 0:
             first_token = time.perf_counter()
         if args.ids:
@@ -128,28 +133,28 @@ def sample(model, text, prompt, args, rng, pieces):
 
 
 def main(argv=None):
-    previous_handler = signal.signal(signal.SIGINT, gpt2.on_interrupt)
-    gpt2.print_anything()
+    previous_handler = signal.signal(signal.SIGINT, cli.on_interrupt)
+    cli.print_anything()
     try:
         args = parse_args(argv)
         if sys.stdout is None:
-            raise gpt2.GPT2Error("stdout is closed: there is nowhere to print the text")
+            raise GPT2Error("stdout is closed: there is nowhere to print the text")
         text = read_prompt(args)
-        source = gpt2.model_source(args.model)
+        source = cli.model_source(args.model)
         print(f"loading {source}", file=sys.stderr, flush=True)
-        model = gpt2.load_gpt2(source)
-        encoding = gpt2.gpt2_encoding()
+        model = tg.load_gpt2(source)
+        encoding = gpt2_encoding()
         prompt = encode_prompt(text, encoding, model.config)
         model.allocate(1, len(prompt), context=check_context(prompt, args, model.config))
         with contextlib.redirect_stdout(sys.stderr):  # stdout is the samples' only
-            gpt2.load_kernels()
-        pieces = gpt2.token_pieces(encoding)
-        rng = gpt2.XorShift(args.seed)
+            tg.load_kernels()
+        pieces = token_pieces(encoding)
+        rng = XorShift(args.seed)
         for n in range(args.num_samples):
             if n:
                 print("---", flush=True)
             sample(model, text, prompt, args, rng, pieces)
-    except (gpt2.GPT2Error, OSError, MemoryError, ImportError) as e:
+    except (GPT2Error, OSError, MemoryError, ImportError) as e:
         if isinstance(e, BrokenPipeError):  # the reader of stdout ended (| head): so does this, quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0

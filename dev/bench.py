@@ -292,7 +292,7 @@ def attention_worker(args):
     import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
     import numpy as np
     try:
-        config = tg.model_config(args.model)
+        config = tg.gpt2_config(args.model)
     except tg.GPT2Error as e:
         raise BenchError(str(e)) from None
     L, NH, B, T = config.num_layers, config.num_heads, args.batch_size, args.seq_len
@@ -389,18 +389,22 @@ def serve(args):
 # Driver
 
 class Worker:
-    def __init__(self, kind, args, model, B, T, config=None):
-        self.kind, self.times, self.losses, self.replies, self.final = kind, [], [], [], None
+    def __init__(self, kind, args, model, B, T, config=None, root=REPO_ROOT):
+        """A worker of `kind` from the repository at `root`: this one, or with --vs-tree another checkout (its own
+        dev.bench and train_gpt2, run from its root)."""
+        self.kind = kind if root == REPO_ROOT else f"{kind} at {root}"
+        self.times, self.losses, self.replies, self.final = [], [], [], None
+        model = os.path.abspath(model) if os.path.exists(model) else model
         argv = [sys.executable, "-m", "dev.bench", "--worker", kind, "-e", model, "-b", str(B), "-t", str(T),
                 "--threads", str(args.threads), "--seed", str(args.seed), "--warmup", str(args.warmup)]
         argv += (["--profile"] if args.profile and kind == "ours" else []) + (["--config", config] if config else [])
         argv += ["--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
-        # this repository's dev.bench and train_gpt2, whatever the current directory (where -e's path is)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])))
+        # root's dev.bench and train_gpt2, whatever the current directory (where -e's path is)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         self.spawned = time.perf_counter()
         # a session of its own: Ctrl-C reaches the driver only, which then kills the workers
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                     start_new_session=True, env=env)
+                                     start_new_session=True, env=env, cwd=None if root == REPO_ROOT else root)
 
     def start(self):
         """Waits for the first step, which stops the start-up clock, and for the end of the warm-up."""
@@ -434,13 +438,14 @@ class Worker:
             self.proc.wait()
 
 
-def measure(args, model, B, T, kinds=("ours",)):
-    """Starts the workers one after the other, so that each starts up alone, then alternates their timed steps."""
+def measure(args, model, B, T, kinds=("ours",), tree=None):
+    """Starts the workers one after the other, so that each starts up alone, then alternates their timed steps.
+    With `tree`, another checkout's "ours" worker last."""
     workers = []
     try:
-        for kind in kinds:
+        for kind, root in [(kind, REPO_ROOT) for kind in kinds] + ([("ours", tree)] if tree else []):
             config = json.dumps(workers[0].info["config"]) if workers else None
-            workers.append(Worker(kind, args, model, B, T, config))
+            workers.append(Worker(kind, args, model, B, T, config, root))
             workers[-1].start()
         for _ in range(args.steps):
             for w in workers:  # back to back: a step after the cores idled even briefly can run 1.5x slower
@@ -707,11 +712,11 @@ def generate_run(args):
 
 def main_run(args):
     B, T = args.batch_size, args.seq_len
-    workers = measure(args, args.model, B, T, ("ours", "torch") if args.vs == "torch" else ("ours",))
+    workers = measure(args, args.model, B, T, ("ours", "torch") if args.vs == "torch" else ("ours",), args.vs_tree)
     ours = workers[0].info
     sgemm, per_shape = sgemm_gflops(ours["config"], B * T, args.sgemm_repeats)
     rows = [summarize(w, B, T, step_flops(ours, B, T), sgemm) for w in workers]
-    c = ours["config"]
+    all_workers, c = workers, ours["config"]
     print(machine(args, workers))
     print(f"model:   {args.model}: L={c['num_layers']} C={c['channels']} NH={c['num_heads']} V={c['vocab_size']} "
           f"Vp={c['padded_vocab_size']}, {ours['num_parameters']:,} parameters; B={B} T={T}, "
@@ -722,16 +727,21 @@ def main_run(args):
           + ", ".join(f"{k} {v:.0f}" for k, v in per_shape.items()) + ")\n")
     print("| trainer | ms/step, median (min-max) | tokens/s | GFLOP/s | % of sgemm | peak RSS MiB | "
           "start to 1st step s |\n|---|--:|--:|--:|--:|--:|--:|")
-    names = ["ours (numba)"] + [f"PyTorch {w.info['torch']}" for w in workers[1:]]
+    names = [f"PyTorch {w.info['torch']}" if w.kind == "torch" else w.kind.replace("ours", "ours (numba)", 1)
+             for w in workers]
     for name, r in zip(names, rows):
         print(f"| {name} | {r.ms:.1f} ({r.lo:.1f}-{r.hi:.1f}) | {r.tokens_s:,.0f} | {r.gflops:.1f} | "
               f"{100 * r.sgemm:.0f}% | {r.rss:,.0f} | {r.startup:.1f} |")
+    if args.vs_tree:
+        print(f"\nthis checkout against {args.vs_tree} (its ms / ours ms): {rows[-1].ms / rows[0].ms:.3f}x; peak RSS "
+              f"(ours / its) {rows[0].rss / rows[-1].rss:.3f}x")
+        rows, workers = rows[:-1], workers[:-1]
     if len(rows) > 1:
         print(f"\nspeed-up (torch ms / ours ms) {rows[1].ms / rows[0].ms:.2f}x; peak RSS (ours / torch) "
               f"{rows[0].rss / rows[1].rss:.2f}x; of sgemm: ours {100 * rows[0].sgemm:.0f}%, torch "
               f"{100 * rows[1].sgemm:.0f}%")
     print("\nloss, first step -> last: " + "; ".join(f"{w.kind} {w.first_loss:.4f} -> {w.losses[-1]:.4f}"
-                                                      for w in workers))
+                                                      for w in all_workers))
     if args.profile:
         print_profile(workers[0])
 
@@ -808,6 +818,9 @@ def parse_args(argv=None):
     add("--vs", choices=("torch", "transformers"),
         help="also time dev/make_reference.py's PyTorch GPT-2 (torch) or, with --generate, transformers' generate, "
              "alternating steps")
+    add("--vs-tree", metavar="DIR",
+        help="also time the training step of another checkout of this repository (a git worktree of an earlier "
+             "commit, say), alternating steps with this one's")
     add("--profile", action="store_true", help="each train_gpt2 kernel's share of our step")
     add("--attention", action="store_true",
         help="attention alone: every layer's forward, then backward (with --vs torch: PyTorch's fused and eager)")
@@ -845,6 +858,12 @@ def parse_args(argv=None):
         parser.error("--attention goes with --vs torch only")
     if args.vs == "transformers" and not args.generate:
         parser.error("--vs transformers times generation: give --generate")
+    if args.vs_tree and (args.sweep or args.generate or args.attention or args.processes):
+        parser.error("--vs-tree times the training step: no --sweep, --generate, --attention or --processes with it")
+    if args.vs_tree and not os.path.isfile(os.path.join(args.vs_tree, "dev", "bench.py")):
+        parser.error(f"--vs-tree {args.vs_tree}: not a checkout of this repository (no dev/bench.py in it)")
+    if args.vs_tree:
+        args.vs_tree = os.path.abspath(args.vs_tree)
     try:
         args.sweep_t = [int(v) for v in args.sweep_t.split(",")]
     except ValueError:

@@ -31,6 +31,9 @@ if __name__ == "__main__" and not __package__:  # run as a file, where `import d
 import numpy as np
 
 import train_gpt2 as tg
+from llmc.files import MODEL_MAGIC, GPT2Error, new_header, write_atomically
+from llmc.hf import HF_NAMES, HF_TRANSPOSED
+from llmc.tokenizer import BPE_FILES_DIR, EOT_TOKEN, gpt2_encoding_offline
 
 LOGITS_TOLERANCE = 1e-4
 
@@ -39,13 +42,13 @@ def import_model(source, out_path, dtype):
     model = tg.load_gpt2(source)
     c = model.config
     if dtype == "float32":
-        tg.save_model(out_path, model)
+        tg.write_model_file(out_path, model)
     else:  # llm.c's version 5: bfloat16, the top 16 bits of each float32 after rounding to nearest even
         bits = model.params_memory.astype("<f4").view(np.uint32).astype(np.uint64)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-        header = tg.new_header(tg.MODEL_MAGIC, 5, c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads,
-                               c.channels, c.padded_vocab_size)
-        tg.write_atomically(out_path, [header, rounded])
+        header = new_header(MODEL_MAGIC, 5, c.max_seq_len, c.vocab_size, c.num_layers, c.num_heads,
+                            c.channels, c.padded_vocab_size)
+        write_atomically(out_path, [header, rounded])
     print(f"wrote {out_path}: {model.num_parameters:,} parameters in {dtype}, L={c.num_layers} C={c.channels} "
           f"NH={c.num_heads} V={c.vocab_size} (padded to {c.padded_vocab_size}) maxT={c.max_seq_len}")
 
@@ -57,19 +60,19 @@ def hf_config(config):
           "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
           "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True,
           "torch_dtype": "float32"}
-    if config.vocab_size > tg.EOT_TOKEN:  # GPT-2's vocabulary, whose EOT begins and ends a text
-        hf.update(bos_token_id=tg.EOT_TOKEN, eos_token_id=tg.EOT_TOKEN)
+    if config.vocab_size > EOT_TOKEN:  # GPT-2's vocabulary, whose EOT begins and ends a text
+        hf.update(bos_token_id=EOT_TOKEN, eos_token_id=EOT_TOKEN)
     return hf
 
 
 def hf_tensors(model):
     """The trainer's parameters under transformers' names, in its layout."""
     tensors = {}
-    for name, hf_name in tg.HF_NAMES.items():
+    for name, hf_name in HF_NAMES.items():
         ours = getattr(model.params, name)
         for l, part in enumerate(ours if "{}" in hf_name else [ours]):
             value = part[:model.config.vocab_size] if name == "wte" else part
-            value = value.T if name in tg.HF_TRANSPOSED else value
+            value = value.T if name in HF_TRANSPOSED else value
             tensors["transformer." + hf_name.format(l)] = np.ascontiguousarray(value, dtype=np.float32)
     return tensors
 
@@ -78,9 +81,9 @@ def export_model(path, out_dir):
     model = tg.load_gpt2(path)
     out_dir = os.path.normpath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise tg.GPT2Error(f"{out_dir}: not a folder")
+        raise GPT2Error(f"{out_dir}: not a folder")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise tg.GPT2Error(f"{out_dir}: not empty; export into a new or empty folder")
+        raise GPT2Error(f"{out_dir}: not empty; export into a new or empty folder")
     tmp = f"{out_dir}.tmp{os.getpid()}"  # renamed to out_dir once whole
     try:
         write_export(model, tmp)
@@ -90,7 +93,7 @@ def export_model(path, out_dir):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {out_dir}: {', '.join(sorted(os.listdir(out_dir)))}")
-    if model.config.vocab_size != tg.EOT_TOKEN + 1:
+    if model.config.vocab_size != EOT_TOKEN + 1:
         print(f"(no tokenizer files: a vocabulary of {model.config.vocab_size} tokens is not GPT-2's)")
 
 
@@ -100,12 +103,12 @@ def write_export(model, tmp):
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(model.config), f, indent=2)
     save_file(hf_tensors(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    if model.config.vocab_size == tg.EOT_TOKEN + 1:  # GPT-2's vocabulary: its tokenizer too
-        with open(os.path.join(tg.BPE_FILES_DIR, "encoder.json"), "rb") as f:
+    if model.config.vocab_size == EOT_TOKEN + 1:  # GPT-2's vocabulary: its tokenizer too
+        with open(os.path.join(BPE_FILES_DIR, "encoder.json"), "rb") as f:
             vocab = json.load(f)
         with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
             json.dump(vocab, f, ensure_ascii=False)
-        shutil.copyfile(os.path.join(tg.BPE_FILES_DIR, "vocab.bpe"), os.path.join(tmp, "merges.txt"))
+        shutil.copyfile(os.path.join(BPE_FILES_DIR, "vocab.bpe"), os.path.join(tmp, "merges.txt"))
         with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
             json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.max_seq_len,
                        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
@@ -148,7 +151,7 @@ def check(work_dir):
     print(f"our export of it -> transformers' from_pretrained: largest logit difference {round_trip:.2e}")
     text = "Hello world, said the GPT-2 tokenizer."
     tokenizer_ok = (transformers.AutoTokenizer.from_pretrained(exported).encode(text)
-                    == tg.gpt2_encoding_offline().encode(text))
+                    == gpt2_encoding_offline().encode(text))
     print(f"our export's tokenizer -> AutoTokenizer.from_pretrained: {'the' if tokenizer_ok else 'NOT the'} "
           "tokens of tiktoken's GPT-2 encoding")
     ok = imported <= LOGITS_TOLERANCE and round_trip <= LOGITS_TOLERANCE and tokenizer_ok
@@ -179,7 +182,7 @@ def main(argv=None):
             export_model(args.model, args.output)
         else:
             return check(args.work_dir)
-    except (tg.GPT2Error, OSError) as e:
+    except (GPT2Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ImportError as e:

@@ -38,8 +38,10 @@ from collections import deque
 
 import numpy as np
 
-from train_gpt2 import (EOT_TOKEN, EVAL_MAGIC, SHARD_MAGIC, GPT2Error, gpt2_encoding, new_header, process_exists,
-                        read_shard_header, write_atomically)
+from llmc.data import write_shard
+from llmc.files import EVAL_MAGIC, GPT2Error, new_header, process_exists, write_atomically
+from llmc.tokenizer import EOT_TOKEN, gpt2_encoding
+from train_gpt2 import read_shard_header
 
 MAX_SHARD_TOKENS = 2 ** 31 - 1  # a shard's header counts its tokens in an int32
 BATCH_CHARS = 1 << 20           # text sent to a worker at a time...
@@ -47,14 +49,6 @@ BATCH_DOCS = 4096               # ...or at most this many documents
 EMPTY, UNDECODABLE = -1, -2     # a document's token count in tokenize_texts' answer when it has no tokens
 PROBLEMS = {"empty": "empty", "undecodable": "not valid UTF-8"}
 EXAMPLES_KEPT = 3               # where the first few skipped documents of each kind are, for the report
-
-
-def write_shard(path, tokens):
-    """llm.c's token shard: header [2] the number of tokens, then the tokens as uint16 (read by the trainer)."""
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2 ** 16):
-        raise GPT2Error(f"{path}: token ids must fit in uint16 (0..65535)")
-    write_atomically(path, [new_header(SHARD_MAGIC, 1, tokens.size), tokens.astype("<u2")])
 
 
 EVAL_DELIMITER = 2 ** 16 - 1  # starts every example of an eval file, so no token id can be 65535

@@ -19,9 +19,10 @@ import sys
 if __name__ == "__main__" and not __package__:  # run as a file, where `import dev` cannot work
     sys.exit("error: run it from the repository's root, as a module: python -m dev.data.hellaswag")
 
-import train_gpt2
 from dev.data import data_common
 from dev.data.data_common import GPT2Error
+from llmc.files import check_regular_file
+from llmc.tokenizer import gpt2_encoding
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 JSONL = "hellaswag_val.jsonl"
@@ -32,7 +33,7 @@ NUM_ENDINGS = 4  # llm.c's writer and loader take exactly 4
 def read_examples(path):
     """The JSON objects of the file's lines, each with its line number, every field checked (blank lines are
     skipped: llm.c's script would stop at one)."""
-    train_gpt2.check_regular_file(path)
+    check_regular_file(path)
     raw = data_common.read_input(path)
     lines = [(number, line) for number, line in enumerate(raw.splitlines(), 1) if line.strip()]
     if not lines:
@@ -74,7 +75,7 @@ def checked(path, number, example):
 def tokenize(path, examples):
     """llm.c's render_example: (label, encode(ctx), [encode(" " + ending) for each ending]) for each example.
     encode_ordinary is llm.c's enc.encode on every text that one accepts (it refuses "<|endoftext|>" in a text)."""
-    encoding = train_gpt2.gpt2_encoding()
+    encoding = gpt2_encoding()
     meter = data_common.Meter("tokenizing", unit="examples", total=len(examples))
     rendered = []
     try:
