@@ -4,15 +4,15 @@ The trainer against a reference checkpoint, in the spirit of llm.c's test_gpt2.c
 (dev/make_reference.py). By default on the committed fixture in data/fixtures/;
 `python -m pytest test_gpt2.py --model PATH --state PATH` runs the same checks on any llm.c model + debug state pair.
 
-No PyTorch, no network and nothing outside the repository is needed; the other test_*.py files check the kernels,
-the random numbers and data loader, the files, and the training loop.
+No PyTorch, no network and nothing outside the repository is needed; the tests in tests/ check the kernels, the
+random numbers and data loader, the files, and the training loop.
 """
 
 import numpy as np
 import pytest
 
-import train_gpt2 as g
-from conftest import FIXTURE_MODEL, read_debug_state, split_parameters, write_debug_state
+import train_gpt2 as tg
+from tests.helpers import FIXTURE_MODEL, read_debug_state, split_parameters, write_debug_state
 
 # llm.c's CPU test (test_gpt2.c) allows 1e-2 on logits and loss and 2e-2 on gradients; we allow 100 times less.
 LOGITS_TOLERANCE = 1e-4
@@ -24,7 +24,7 @@ STEP_LOSS_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def reference(request):
-    model = g.load_model(request.config.getoption("--model"))
+    model = tg.read_model_file(request.config.getoption("--model"))
     state = read_debug_state(request.config.getoption("--state"), model.config)
     model.allocate(*state.x.shape, training=True)
     return model, state
@@ -54,12 +54,12 @@ def test_adamw_steps_match_reference(reference):
     model, state = reference
     if state.losses.size == 0:
         pytest.skip("this debug state carries no AdamW step losses")
-    model = g.GPT2(model.config, model.params_memory.copy())  # a fresh optimizer on the same weights
+    model = tg.GPT2(model.config, model.params_memory.copy())  # a fresh optimizer on the same weights
     model.allocate(*state.x.shape, training=True)
-    optimizer = g.AdamW(model, 0.9, 0.999, 1e-8, 0.0)
+    optimizer = tg.AdamW(model, 0.9, 0.999, 1e-8, 0.0)
     losses = []
     for step in range(state.losses.size):
-        loss, _ = g.train_step(model, optimizer, lambda: (state.x, state.y), 1, 1e-4, step)
+        loss, _ = tg.train_step(model, optimizer, lambda: (state.x, state.y), 1, 1e-4, step)
         losses.append(loss)
     diffs = np.abs(np.array(losses) - state.losses)
     for step, (ours, theirs) in enumerate(zip(losses, state.losses)):
@@ -68,7 +68,7 @@ def test_adamw_steps_match_reference(reference):
 
 
 def test_debug_state_round_trip(tmp_path):
-    model = g.load_model(FIXTURE_MODEL)
+    model = tg.read_model_file(FIXTURE_MODEL)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 500, (2, 3)), rng.integers(0, 500, (2, 3))
     logits = rng.standard_normal((2, 3, 500)).astype(np.float32)

@@ -1244,7 +1244,8 @@ def evaluation_model(args, model, processes):
     if not examples:
         return None, None
     evaluator = GPT2(model.config, model.params_memory)
-    evaluator.allocate(*evaluation_sizes(examples, model.config.max_seq_len))
+    B, T, context = evaluation_sizes(examples, model.config.max_seq_len)
+    evaluator.allocate(B, T, context=context)
     print(f"eval: {len(examples):,} examples of {args.eval_data}, up to {evaluator.capacity.B} completions "
           f"and {evaluator.capacity.context} positions each")
     return evaluator, examples

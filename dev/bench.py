@@ -135,7 +135,9 @@ def ours_worker(args):
     import train_gpt2 as tg  # first: it sets the OpenMP and OpenBLAS thread policy before numpy loads
     import numba
     import numpy as np
-    kernels = [f for f in vars(tg).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]
+    import llmc.rand
+    kernels = [f for module in (tg, llmc.rand) for f in vars(module).values()  # the modules with kernels
+               if isinstance(f, numba.core.dispatcher.Dispatcher)]
     try:
         model = tg.load_gpt2(args.model)
         model.allocate(args.batch_size, args.seq_len, training=True)

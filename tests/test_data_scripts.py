@@ -1,5 +1,5 @@
-"""Tests of the dataset scripts in dev/data/: tinyshakespeare.py, tinystories.py, fineweb.py, hellaswag.py and
-data_common.py.
+"""The dataset scripts of dev/data/: tinyshakespeare.py, tinystories.py, fineweb.py, hellaswag.py and data_common.py.
+(Tiny Shakespeare as the trainer's default run prepares it, llmc/data.py, is in test_data.py.)
 
 Offline and fast: every input is small and made here in tmp_path (text, JSON, JSON lines, parquet, a .tar.gz
 served from 127.0.0.1). The shards must hold exactly what the GPT-2 tokenizer makes of the documents, with EOT
@@ -24,21 +24,23 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-import train_gpt2
-from conftest import dead_pid
+import llmc.data
+import llmc.tokenizer
+import train_gpt2 as tg
 from dev.data import data_common, fineweb, hellaswag, tinyshakespeare, tinystories
-from train_gpt2 import EOT_TOKEN, HEADER_BYTES, read_shard_header
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from llmc.files import HEADER_BYTES, GPT2Error
+from llmc.tokenizer import EOT_TOKEN, gpt2_encoding_offline, read_tokenizer_file
+from tests.helpers import dead_pid, repository_env
 
 
 @pytest.fixture(scope="module", autouse=True)
 def enc():
-    """The GPT-2 encoding, made once and offline (as test_gpt2.py does), for the in-process runs below too."""
-    encoding = train_gpt2.gpt2_encoding_offline()
+    """The GPT-2 encoding, made once and offline, for the in-process runs below too: in every module that takes
+    gpt2_encoding from llmc.tokenizer under its own name."""
+    encoding = gpt2_encoding_offline()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data_common, "gpt2_encoding", lambda: encoding)
-        patch.setattr(train_gpt2, "gpt2_encoding", lambda: encoding)
+        for module in (llmc.tokenizer, llmc.data, data_common, hellaswag, tinyshakespeare):
+            patch.setattr(module, "gpt2_encoding", lambda: encoding)
         yield encoding
 
 
@@ -57,7 +59,7 @@ def make_texts(seed, count, words=12):
 
 def shard_tokens(path):
     """A shard's tokens, after checking its whole header."""
-    n = read_shard_header(path)
+    n = tg.read_shard_header(path)
     header = np.fromfile(path, dtype="<i4", count=256)
     assert (header[0], header[1], header[2]) == (20240520, 1, n)
     assert not header[3:].any()
@@ -98,8 +100,7 @@ def run_main(module, argv):
 
 def run_script(module, *args, cwd):
     """Runs python -m dev.data.<module> as a user would, with this repository importable from any cwd."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "-m", f"dev.data.{module}", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", f"dev.data.{module}", *map(str, args)], cwd=cwd, env=repository_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -150,7 +151,7 @@ def check_fineweb_shards(out, expected, shard_size, name="fineweb"):
     train = shards_in(out, f"{name}_train_*.bin")
     assert [p.name for p in val] == [f"{name}_val_000000.bin"]
     assert [p.name for p in train] == [f"{name}_train_{i:06d}.bin" for i in range(1, len(train) + 1)]
-    sizes = [read_shard_header(p) for p in val + train]
+    sizes = [tg.read_shard_header(p) for p in val + train]
     assert all(size == shard_size for size in sizes[:-1]) and 0 < sizes[-1] <= shard_size
     np.testing.assert_array_equal(concatenated(val + train), expected)
 
@@ -172,7 +173,7 @@ def test_tinyshakespeare_writes_shards_and_tokenizer(tmp_path, monkeypatch, enc)
     assert expected.count(EOT_TOKEN) == 4
     np.testing.assert_array_equal(shard_tokens(out / "tiny_shakespeare_val.bin"), expected[:32768])
     assert shard_tokens(out / "tiny_shakespeare_train.bin").size == 0
-    pieces, eot = train_gpt2.read_tokenizer(tmp_path / "gpt2_tokenizer.bin")
+    pieces, eot = read_tokenizer_file(tmp_path / "gpt2_tokenizer.bin")
     assert (len(pieces), eot) == (50257, EOT_TOKEN)
     assert pieces[EOT_TOKEN] == b"<|endoftext|>" and b"".join(pieces[t] for t in expected) == text.encode()
     before = contents(tmp_path / "data" / "tinyshakespeare"), (tmp_path / "gpt2_tokenizer.bin").read_bytes()
@@ -193,16 +194,6 @@ def test_tinyshakespeare_bad_input(tmp_path, case):
     result = run_script("tinyshakespeare", "--input", path, "--out-dir", tmp_path / "out", cwd=tmp_path)
     assert_one_error_line(result, "input.txt", fragment)
     assert not (tmp_path / "gpt2_tokenizer.bin").exists()
-
-
-def test_no_network_tells_how_to_give_the_text(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("no network")
-    monkeypatch.setattr(tinyshakespeare.urllib.request, "urlopen", offline)
-    with pytest.raises(train_gpt2.GPT2Error,
-                       match=r"cannot download Tiny Shakespeare .*python -m dev\.data\.tinyshakespeare --input PATH"):
-        tinyshakespeare.prepare_tinyshakespeare(str(tmp_path / "ts"))
-    assert not (tmp_path / "ts").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -228,7 +219,7 @@ def test_tinystories_one_file_per_split_as_llmc(tmp_path, enc, capsys):
     assert "train split: 57 documents; 2 documents empty" in printed
     assert "1 document not valid UTF-8 (first: " + str(tmp_path / "in" / "data02.json") + " record 0)" in printed
     # the trainer reads them
-    loader = train_gpt2.DataLoader(str(out / "TinyStories_train*"), 2, 8, 50257)
+    loader = tg.DataLoader(str(out / "TinyStories_train*"), 2, 8, 50257)
     inputs, targets = loader.next_batch()
     np.testing.assert_array_equal(inputs.ravel(), expected["train"][:16])
     np.testing.assert_array_equal(targets.ravel(), expected["train"][1:17])
@@ -242,7 +233,7 @@ def test_tinystories_numbered_shards_rerun_and_workers(tmp_path, enc):
     for split in ("val", "train"):
         paths = shards_in(out, f"TinyStories_{split}*")
         assert [p.name for p in paths] == [f"TinyStories_{split}_{i:06d}.bin" for i in range(len(paths))]
-        assert len(paths) > 1 and all(read_shard_header(p) == 250 for p in paths[:-1])
+        assert len(paths) > 1 and all(tg.read_shard_header(p) == 250 for p in paths[:-1])
         np.testing.assert_array_equal(concatenated(paths), expected[split])
     first = snapshot(out)
     assert run_main(tinystories, [*args, "--out-dir", out, "--workers", "1"]) == 0
@@ -628,7 +619,7 @@ def test_write_evalfile_refuses_what_llmc_cannot_read(tmp_path):
                                ([(0, [], [[2]])], "an empty context"), ([(0, [65535], [[2]])], "token ids must be"),
                                ([(0, [1] * 40000, [[2]])], "takes 80,016 bytes"),
                                ([(0, [1], [[2]])] * 65536, "65,536 examples, more than the 65,535")]:
-        with pytest.raises(train_gpt2.GPT2Error, match=fragment):
+        with pytest.raises(GPT2Error, match=fragment):
             data_common.write_evalfile(tmp_path / "refused.bin", examples)
     assert os.listdir(tmp_path) == ["eval.bin"]
 

@@ -1,21 +1,27 @@
 """
-Multiple-choice evaluation (HellaSwag's, as llm.c scores it): the eval file read and checked field by field, the
-accuracy against a float64 computation written out here, and the trainer's --eval-data and -x 0.
+llmc/eval.py, multiple-choice evaluation (HellaSwag's, as llm.c scores it): the eval file read and checked field by
+field, the accuracy against a float64 computation written out here, and the trainer's --eval-data and -x 0.
 """
 
 import numpy as np
 import pytest
 
-import train_gpt2 as g
-from conftest import FIXTURE_MODEL, assert_refused, random_examples, read_log, run_main, trainer_args, \
-    write_eval_file
+import llmc.eval
+import train_gpt2 as tg
+from llmc import cli
+from llmc.eval import (completion_losses, eval_accuracy, evaluation_sizes, fit_to_context, read_eval_file,
+                       share_of_examples)
+from llmc.files import GPT2Error
+from llmc.mpi import ONE_PROCESS
+from tests.helpers import (FIXTURE_MODEL, assert_refused, evaluator_for, random_examples, read_log, run_main,
+                           trainer_args, write_eval_file)
 
 
 def reference_mean_losses(params, config, context, completions):
     """Each completion's mean loss after the context, in float64, one whole row at a time (no cache), with the
     log-softmax written out here. A row longer than the model's context: the context keeps its last tokens, as
     many as leave room for the longest completion but its last token."""
-    model = g.GPT2(config, params.astype(np.float64))
+    model = tg.GPT2(config, params.astype(np.float64))
     model.allocate(1, config.max_seq_len)
     context = list(context)[-(config.max_seq_len + 1 - max(map(len, completions))):]
     means = []
@@ -30,56 +36,60 @@ def reference_mean_losses(params, config, context, completions):
 
 
 def test_eval_accuracy_matches_a_float64_computation(tmp_path):
-    model = g.load_model(FIXTURE_MODEL)
+    model = tg.read_model_file(FIXTURE_MODEL)
     config, rng = model.config, np.random.default_rng(21)
     examples = random_examples(rng, 30, config.vocab_size)
     examples += random_examples(rng, 3, config.vocab_size, context=(30, 40), completion=(2, 5))  # cropped: maxT 32
     examples += random_examples(rng, 2, config.vocab_size, completions=2)  # any number of completions
-    read = g.read_eval_file(write_eval_file(tmp_path / "eval.bin", examples), config.vocab_size)
+    path = write_eval_file(tmp_path / "eval.bin", examples)
+    read = read_eval_file(path, config.vocab_size)
     assert [(label, list(c), [list(e) for e in es]) for label, c, es in read] == examples
     expected = 0
     for label, context, completions in examples:
         means = reference_mean_losses(model.params_memory, config, context, completions)
         expected += int(np.argmin(means) == label)
-    evaluator = g.evaluation_model(model, read)
+    evaluator, examples_read = tg.evaluation_model(cli.TrainConfig(eval_data=path), model, ONE_PROCESS)  # the trainer's
+    assert [(label, list(c), [list(e) for e in es]) for label, c, es in examples_read] == examples
     assert evaluator.params_memory is model.params_memory  # the model's own parameters, as they train
     assert evaluator.capacity[0] == 4 and evaluator.capacity[2] <= config.max_seq_len and evaluator.grads_memory is None
-    assert g.eval_accuracy(evaluator, read, g.ONE_PROCESS) == (expected, len(examples))
+    assert eval_accuracy(evaluator, read, ONE_PROCESS) == (expected, len(examples))
     assert 0 < expected < len(examples)
     # and the mean losses themselves, from the KV cache, against the reference; a cropped example too
     for label, context, completions in read[29:32]:
-        context, completions = g.fit_to_context(context, completions, config.max_seq_len)
-        np.testing.assert_allclose(g.completion_losses(evaluator, context, completions),
+        context, completions = fit_to_context(context, completions, config.max_seq_len)
+        np.testing.assert_allclose(completion_losses(evaluator, context, completions),
                                    reference_mean_losses(model.params_memory, config, context, completions), rtol=1e-5)
 
 
 def test_the_evaluation_model_fits_the_longest_context_and_completion():
-    model = g.load_model(FIXTURE_MODEL)
+    model = tg.read_model_file(FIXTURE_MODEL)
     examples = [(0, np.arange(5), [np.arange(3), np.arange(7), np.arange(2)]), (1, np.arange(9), [np.arange(2)] * 2)]
-    assert g.evaluation_model(model, examples).capacity == (3, 9, 11)  # 9 = the longest context, 11 = 5 + 7 - 1
-    context, completions = g.fit_to_context(np.arange(40), [np.arange(5), np.arange(3)], 32)
+    assert evaluation_sizes(examples, model.config.max_seq_len) == (3, 9, 11)  # 9 = the longest context, 11 = 5 + 7 - 1
+    assert evaluator_for(model, examples).capacity == (3, 9, 11)
+    context, completions = fit_to_context(np.arange(40), [np.arange(5), np.arange(3)], 32)
     assert list(context) == list(range(12, 40)) and [len(c) for c in completions] == [5, 3]  # 28 + 5 - 1 = 32
-    context, completions = g.fit_to_context(np.arange(40), [np.arange(50), np.arange(3)], 32)
+    context, completions = fit_to_context(np.arange(40), [np.arange(50), np.arange(3)], 32)
     assert list(context) == [39] and [len(c) for c in completions] == [32, 3]
-    tiny = g.GPT2(g.GPT2Config(max_seq_len=1, vocab_size=500, padded_vocab_size=512, num_layers=1, num_heads=1,
-                               channels=4), np.zeros(g.num_parameters(g.GPT2Config(1, 500, 512, 1, 1, 4)), np.float32))
+    tiny_config = tg.GPT2Config(max_seq_len=1, vocab_size=500, padded_vocab_size=512, num_layers=1, num_heads=1,
+                                channels=4)
+    tiny = tg.GPT2(tiny_config, np.zeros(tg.num_parameters(tg.GPT2Config(1, 500, 512, 1, 1, 4)), np.float32))
     examples = [(1, np.arange(3), [np.arange(4), np.arange(2)])]
-    assert g.eval_accuracy(g.evaluation_model(tiny, examples), examples, g.ONE_PROCESS) == (0, 1)  # equal: the first
+    assert eval_accuracy(evaluator_for(tiny, examples), examples, ONE_PROCESS) == (0, 1)  # equal: the first
 
 
 def test_ties_go_to_the_first_completion(monkeypatch):
-    monkeypatch.setattr(g, "completion_losses", lambda evaluator, context, completions: [1.0, 0.5, 0.5, 2.0])
+    monkeypatch.setattr(llmc.eval, "completion_losses", lambda evaluator, context, completions: [1.0, 0.5, 0.5, 2.0])
     examples = [(1, np.arange(2), [np.arange(1)] * 4), (2, np.arange(2), [np.arange(1)] * 4)]
-    evaluator = g.evaluation_model(g.load_model(FIXTURE_MODEL), examples)
-    assert g.eval_accuracy(evaluator, examples, g.ONE_PROCESS) == (1, 2)
+    evaluator = evaluator_for(tg.read_model_file(FIXTURE_MODEL), examples)
+    assert eval_accuracy(evaluator, examples, ONE_PROCESS) == (1, 2)
 
 
 def test_each_process_scores_its_share():
-    model = g.load_model(FIXTURE_MODEL)
+    model = tg.read_model_file(FIXTURE_MODEL)
     examples = [(label, np.array(c, np.int32), [np.array(e, np.int32) for e in es])
                 for label, c, es in random_examples(np.random.default_rng(4), 7, 500)]
-    evaluator = g.evaluation_model(model, examples)
-    whole, _ = g.eval_accuracy(evaluator, examples, g.ONE_PROCESS)
+    evaluator = evaluator_for(model, examples)
+    whole, _ = eval_accuracy(evaluator, examples, ONE_PROCESS)
 
     class Share:  # what process `rank` of 3 sees of the others: their counts, summed
         count = 3
@@ -90,9 +100,9 @@ def test_each_process_scores_its_share():
         def sum(self, value):
             return value
 
-    parts = [g.eval_accuracy(evaluator, examples, Share(rank)) for rank in range(3)]
+    parts = [eval_accuracy(evaluator, examples, Share(rank)) for rank in range(3)]
     assert sum(right for right, _ in parts) == whole and {total for _, total in parts} == {7}
-    assert [len(g.share_of_examples(examples, Share(rank))) for rank in range(3)] == [3, 3, 1]
+    assert [len(share_of_examples(examples, Share(rank))) for rank in range(3)] == [3, 3, 1]
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -110,19 +120,19 @@ def test_bad_eval_files_get_one_line(tmp_path, damage, message):
     good = open(write_eval_file(tmp_path / "good.bin", random_examples(np.random.default_rng(1), 3, 500)), "rb").read()
     bad = tmp_path / "bad.bin"
     bad.write_bytes(damage(good))
-    with pytest.raises(g.GPT2Error, match=message):
-        g.read_eval_file(str(bad), 500)
+    with pytest.raises(GPT2Error, match=message):
+        read_eval_file(str(bad), 500)
 
 
 def test_a_header_that_lies_about_the_longest_example(tmp_path):
     examples = random_examples(np.random.default_rng(2), 3, 500)
     longest = max(2 * (5 + len(c) + 1 + sum(1 + len(e) for e in es)) for _, c, es in examples)
-    with pytest.raises(g.GPT2Error, match="longest example"):
-        g.read_eval_file(write_eval_file(tmp_path / "e.bin", examples, longest=longest + 2), 500)
-    with pytest.raises(g.GPT2Error, match="a byte count of"):
-        g.read_eval_file(write_eval_file(tmp_path / "e.bin", examples, longest=longest - 2), 500)
-    with pytest.raises(g.GPT2Error, match="truncated: 3 of 4 examples"):
-        g.read_eval_file(write_eval_file(tmp_path / "e.bin", examples, header_count=4), 500)
+    with pytest.raises(GPT2Error, match="longest example"):
+        read_eval_file(write_eval_file(tmp_path / "e.bin", examples, longest=longest + 2), 500)
+    with pytest.raises(GPT2Error, match="a byte count of"):
+        read_eval_file(write_eval_file(tmp_path / "e.bin", examples, longest=longest - 2), 500)
+    with pytest.raises(GPT2Error, match="truncated: 3 of 4 examples"):
+        read_eval_file(write_eval_file(tmp_path / "e.bin", examples, header_count=4), 500)
 
 
 def test_trainer_evaluates_at_step_0_every_v_steps_and_the_end(run_dir, capsys):
@@ -164,4 +174,4 @@ def test_x_0_evaluates_any_model_without_training_data(run_dir, capsys, tmp_path
     assert_refused(["-e", FIXTURE_MODEL, "-x", "0", "-t", "8", "-s", "0", "-j", "", "--eval-data", missing], capsys,
                    "nothing.bin")
     with pytest.raises(SystemExit):
-        g.parse_args(["-x", "0", "-o", str(tmp_path / "out")])
+        cli.parse_args(["-x", "0", "-o", str(tmp_path / "out")])

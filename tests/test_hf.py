@@ -1,7 +1,8 @@
 """
-Hugging Face GPT-2 in and out, with no network and no PyTorch: small folders in transformers' layout written here
-with numpy and safetensors, read by the trainer (-e FOLDER), converted to llm.c's file and back by dev/hf_gpt2.py;
-the hub's download replaced by a stand-in. (`python -m dev.hf_gpt2 check` compares with transformers itself.)
+llmc/hf.py and dev/hf_gpt2.py: Hugging Face GPT-2 in and out, with no network and no PyTorch. Small folders in
+transformers' layout are written here with numpy and safetensors, read by the trainer (-e FOLDER), converted to
+llm.c's file and back by dev/hf_gpt2.py; the hub's download is replaced by a stand-in. (`python -m dev.hf_gpt2
+check` compares with transformers itself.)
 """
 
 import json
@@ -11,9 +12,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-import train_gpt2 as g
-from conftest import run_main, write_tokens
+import train_gpt2 as tg
 from dev import hf_gpt2
+from llmc import cli
+from llmc.files import GPT2Error
+from llmc.mpi import ONE_PROCESS
+from llmc.run_dir import RunDirectory
+from llmc.tokenizer import gpt2_encoding_offline
+from tests.helpers import run_main, write_tokens
 
 V, MAX_T, L, NH, C = 50, 16, 2, 2, 8
 
@@ -43,7 +49,7 @@ def hf_gpt2_folder(path, prefix="transformer.", lm_head=False, seed=0, **config_
 def test_both_key_layouts_load_transposed_and_padded(tmp_path):
     for prefix, lm_head in (("transformer.", False), ("", True)):
         folder, tensors = hf_gpt2_folder(tmp_path / f"hf{prefix}", prefix, lm_head)
-        model = g.load_gpt2(folder)
+        model = tg.load_gpt2(folder)
         assert (model.config.vocab_size, model.config.padded_vocab_size) == (V, 128)
         p = model.params
         np.testing.assert_array_equal(p.wte[:V], tensors["wte.weight"])
@@ -87,10 +93,10 @@ def numpy_gpt2_logits(tensors, tokens):
 def test_logits_of_the_folder_and_of_its_llmc_file(tmp_path):
     folder, tensors = hf_gpt2_folder(tmp_path / "hf")
     tokens = np.random.default_rng(1).integers(0, V, (2, MAX_T), dtype=np.int32)
-    from_folder = forward_logits(g.load_gpt2(folder), tokens)
+    from_folder = forward_logits(tg.load_gpt2(folder), tokens)
     np.testing.assert_allclose(from_folder, numpy_gpt2_logits(tensors, tokens), rtol=0, atol=1e-4)
     assert hf_gpt2.main(["import", folder, "-o", str(tmp_path / "model.bin")]) == 0
-    np.testing.assert_array_equal(forward_logits(g.load_gpt2(str(tmp_path / "model.bin")), tokens), from_folder)
+    np.testing.assert_array_equal(forward_logits(tg.load_gpt2(str(tmp_path / "model.bin")), tokens), from_folder)
 
 
 def test_import_then_export_gives_the_same_tensors(tmp_path):
@@ -109,14 +115,14 @@ def test_import_then_export_gives_the_same_tensors(tmp_path):
 
 
 def test_export_of_gpt2s_vocabulary_carries_its_tokenizer(tmp_path):
-    config = g.GPT2Config(max_seq_len=8, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=1,
-                          channels=4)
-    model = g.GPT2(config, np.ones(g.num_parameters(config), dtype=np.float32))
-    g.save_model(str(tmp_path / "model.bin"), model)
+    config = tg.GPT2Config(max_seq_len=8, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=1,
+                           channels=4)
+    model = tg.GPT2(config, np.ones(tg.num_parameters(config), dtype=np.float32))
+    tg.write_model_file(str(tmp_path / "model.bin"), model)
     assert hf_gpt2.main(["export", str(tmp_path / "model.bin"), "-o", str(tmp_path / "out")]) == 0
     vocab = json.loads((tmp_path / "out" / "vocab.json").read_text(encoding="utf-8"))
     merges = (tmp_path / "out" / "merges.txt").read_text(encoding="utf-8").splitlines()
-    encoding = g.gpt2_encoding_offline()
+    encoding = gpt2_encoding_offline()
     assert len(vocab) == 50257 and vocab["<|endoftext|>"] == 50256 and vocab["Hello"] == encoding.encode("Hello")[0]
     assert merges[0].startswith("#version") and len(merges) == 50001
     tokenizer_config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
@@ -127,7 +133,7 @@ def test_bfloat16_import_is_llmcs_version_5(tmp_path):
     folder, tensors = hf_gpt2_folder(tmp_path / "hf")
     assert hf_gpt2.main(["import", folder, "-o", str(tmp_path / "bf16.bin"), "--dtype", "bfloat16"]) == 0
     assert np.fromfile(tmp_path / "bf16.bin", dtype="<i4", count=2).tolist() == [20240326, 5]
-    widened = g.load_gpt2(str(tmp_path / "bf16.bin")).params.wte[:V]
+    widened = tg.load_gpt2(str(tmp_path / "bf16.bin")).params.wte[:V]
     exact = tensors["wte.weight"]
     assert np.all(widened.view(np.uint32) & 0xFFFF == 0)  # bfloat16 values
     assert np.abs(widened - exact).max() <= np.abs(exact).max() / 256  # rounded to nearest: half a bf16 step
@@ -215,11 +221,11 @@ def test_a_hub_name_is_downloaded_through_huggingface_hub(tmp_path, monkeypatch,
         return folder
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", stand_in)
-    assert g.load_gpt2("someone/tiny-gpt2").config.vocab_size == V
+    assert tg.load_gpt2("someone/tiny-gpt2").config.vocab_size == V
     assert calls == [("someone/tiny-gpt2", ["config.json", "model.safetensors"])]  # never a pickled checkpoint
-    with pytest.raises(g.GPT2Error, match="someone/missing: no such folder here, and cannot get it from the Hugging "
+    with pytest.raises(GPT2Error, match="someone/missing: no such folder here, and cannot get it from the Hugging "
                                           r"Face hub \(LocalEntryNotFoundError: someone/missing is not in the cache\)"):
-        g.load_gpt2("someone/missing")
+        tg.load_gpt2("someone/missing")
 
 
 def test_the_default_run_fine_tunes_gpt2_or_says_how_to_get_it(tmp_path, monkeypatch, capsys):
@@ -229,14 +235,14 @@ def test_the_default_run_fine_tunes_gpt2_or_says_how_to_get_it(tmp_path, monkeyp
     def load(source):
         loaded.append(source)
         if source == "gpt2" and offline:
-            raise g.GPT2Error("-e gpt2: cannot get it from the Hugging Face hub (LocalEntryNotFoundError: offline)")
+            raise GPT2Error("-e gpt2: cannot get it from the Hugging Face hub (LocalEntryNotFoundError: offline)")
         return source
 
-    monkeypatch.setattr(g, "load_gpt2", load)
-    args = g.parse_args([])
+    monkeypatch.setattr(tg, "load_gpt2", load)
+    args = cli.parse_args([])
     for offline in (False, True):
         loaded.clear()
-        model = g.load_run_model(args, None)
+        model = tg.load_run_model(args, RunDirectory(None, ONE_PROCESS))  # a fresh run
         out = capsys.readouterr().out
         if offline:
             assert (model, loaded) == ("d12", ["gpt2", "d12"])
@@ -253,7 +259,7 @@ def test_equivalent_spellings_of_gpt2_load(tmp_path):
     # n_inner 4*n_embd is the default it spells out; gelu_pytorch_tanh is GELU's same tanh approximation
     folder, tensors = hf_gpt2_folder(tmp_path / "hf", n_inner=4 * C, activation_function="gelu_pytorch_tanh")
     tokens = np.random.default_rng(3).integers(0, V, (1, MAX_T), dtype=np.int32)
-    np.testing.assert_allclose(forward_logits(g.load_gpt2(folder), tokens), numpy_gpt2_logits(tensors, tokens),
+    np.testing.assert_allclose(forward_logits(tg.load_gpt2(folder), tokens), numpy_gpt2_logits(tensors, tokens),
                                rtol=0, atol=1e-4)
 
 

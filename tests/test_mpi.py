@@ -1,7 +1,7 @@
 """
-Data-parallel training over MPI: 2 processes on this machine (mpirun --oversubscribe), against 1 process with
-twice the rows; ZeRO-1; gradient accumulation; the TCP transport; resume; failures on one process. Needs mpi4py
-and Open MPI (pip install ".[mpi]"); skipped with the reason where they are missing.
+llmc/mpi.py, data-parallel training over MPI: 2 processes on this machine (mpirun --oversubscribe), against 1
+process with twice the rows; ZeRO-1; gradient accumulation; the TCP transport; resume; failures on one process.
+Needs mpi4py and Open MPI (pip install ".[mpi]"); skipped with the reason where they are missing.
 """
 
 import os
@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-import train_gpt2 as g
-from conftest import FIXTURE_MODEL, HERE, random_examples, read_log, trainer_args, write_eval_file, write_tokens
+import train_gpt2 as tg
+from tests.helpers import (FIXTURE_MODEL, HERE, random_examples, read_log, repository_env, trainer_args,
+                           write_eval_file, write_tokens)
 
 TRAINER = os.path.join(HERE, "train_gpt2.py")
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -67,7 +68,7 @@ def test_two_processes_train_as_one_with_twice_the_rows(run_dir, zero, accumulat
     files = sorted(os.listdir(run_dir / "two"))
     assert [name for name in files if name.startswith("state_")] == ["state_00000006_00000.bin",
                                                                       "state_00000006_00001.bin"]
-    moments = 2 * 4 * g.load_model(FIXTURE_MODEL).num_parameters  # m and v of every parameter, in float32
+    moments = 2 * 4 * tg.read_model_file(FIXTURE_MODEL).num_parameters  # m and v of every parameter, in float32
     state_size = os.path.getsize(run_dir / "two" / "state_00000006_00001.bin")
     assert (moments / 2 < state_size < moments) if zero == "1" else (state_size > moments)
 
@@ -134,16 +135,17 @@ def test_a_failure_on_one_process_stops_all_with_one_line(run_dir):
 
 def test_a_process_that_dies_ends_the_job(run_dir):
     # process 1 is killed by a signal half-way: MPI ends the whole job rather than let process 0 wait forever
-    code = ("import os, signal, sys, train_gpt2\n"
+    code = ("import os, signal, sys\n"
+            "import train_gpt2 as tg\n"
             "sys.argv[0] = 'train_gpt2.py'\n"
-            "step = train_gpt2.train_step\n"
+            "step = tg.train_step\n"
             "def dying(*args, **kwargs):\n"
             "    if os.environ.get('OMPI_COMM_WORLD_RANK') == '1' and args[5] == 2:\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
             "    return step(*args, **kwargs)\n"
-            "train_gpt2.train_step = dying\n"
-            "sys.exit(train_gpt2.main(sys.argv[1:]))\n")
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=HERE)
+            "tg.train_step = dying\n"
+            "sys.exit(tg.main(sys.argv[1:]))\n")
+    env = repository_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     result = subprocess.run([MPIRUN, "-np", "2", "--oversubscribe", sys.executable, "-c", code]
                             + settings(run_dir, run_dir / "out", 4), cwd=run_dir, capture_output=True, text=True,
                             timeout=300, env=env)
@@ -152,26 +154,28 @@ def test_a_process_that_dies_ends_the_job(run_dir):
 
 
 def test_a_plain_run_never_imports_mpi(run_dir):
-    code = ("import sys, train_gpt2\n"
-            f"code = train_gpt2.main({settings(run_dir, run_dir / 'out', 8)!r})\n"
+    code = ("import sys\n"
+            "import train_gpt2 as tg\n"
+            f"code = tg.main({settings(run_dir, run_dir / 'out', 8)!r})\n"
             "assert code == 0, code\n"
             "print('mpi4py' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=run_dir, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=HERE))
+                            env=repository_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "False"
 
 
 def test_the_ring_reduce_scatter_with_three_processes(tmp_path):
     # ZeRO-1's reduce-scatter around a ring, with slices of unequal sizes: each process's slice holds the sum
-    code = ("import numpy as np, train_gpt2\n"
-            "processes = train_gpt2.Processes.start(zero=True)\n"
+    code = ("import numpy as np\n"
+            "from llmc.mpi import Processes\n"
+            "processes = Processes.start(zero=True)\n"
             "x = np.random.default_rng(processes.rank).standard_normal(1001)\n"
             "total = sum(np.random.default_rng(rank).standard_normal(1001) for rank in range(processes.count))\n"
             "processes.reduce_scatter(x)\n"
             "start, stop = processes.shards(x.size)[processes.rank]\n"
             "print(processes.rank, start, stop, np.abs(x[start:stop] - total[start:stop]).max())\n")
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=HERE)
+    env = repository_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     result = subprocess.run([MPIRUN, "-np", "3", "--oversubscribe", sys.executable, "-c", code], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr

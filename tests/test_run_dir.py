@@ -1,29 +1,26 @@
 """
-What a run directory (-o) guarantees: it holds one run only, one process writes into it at a time, every file
-reaches the disk before the DONE_ file that makes a checkpoint count, nothing a killed write left stays behind, a
-full disk is named in one line, and every field of a training state is checked before a resume uses it.
+llmc/run_dir.py, what a run directory (-o) guarantees: it holds one run only, one process writes into it at a
+time, every file reaches the disk before the DONE_ file that makes a checkpoint count, nothing a killed write left
+stays behind, the last step is always saved, old checkpoints are pruned even after a kill, and a run killed at any
+moment resumes bit for bit. (What a training state holds, and the resumes it refuses, are in test_state.py.)
 """
 
 import fcntl
 import os
-import resource
 import signal
 import subprocess
 import sys
+import time
 
-import numpy as np
 import pytest
 
-import train_gpt2 as g
-from conftest import HERE, assert_refused, dead_pid, read_log, run_main, trainer_args
-
-
-def checkpointed_run(run_dir, capsys, *extra):
-    """A run of 6 steps with checkpoints at 3 and 6, in run_dir/out."""
-    out = run_dir / "out"
-    code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", *extra), capsys)
-    assert code == 0, err
-    return out
+import llmc.run_dir
+import train_gpt2 as tg
+from llmc.files import temporary_name, write_atomically
+from llmc.mpi import ONE_PROCESS
+from llmc.run_dir import RunDirectory
+from tests.helpers import (HERE, assert_refused, checkpointed_run, complete_checkpoints, dead_pid, read_log,
+                           run_main, trainer_args)
 
 
 def test_a_fresh_run_refuses_a_directory_that_holds_another_run(run_dir, capsys):
@@ -77,20 +74,20 @@ def test_resume_rewrites_the_log_through_a_temporary_file(run_dir, capsys, monke
     out = checkpointed_run(run_dir, capsys)
     (out / "DONE_00000006").unlink()  # so that the resume trims the log back to step 3
     log = read_log(out)
-    write = g.write_atomically
+    write = write_atomically
 
     def killed_while_writing_the_log(path, chunks):
         if path.endswith("main.log"):
-            tmp = os.path.join(os.path.dirname(path), g.temporary_name("main.log"))
+            tmp = os.path.join(os.path.dirname(path), temporary_name("main.log"))
             with open(tmp, "wb") as f:
                 f.write(b"s:0 half a log")
             raise KeyboardInterrupt  # the kill lands after the temporary file, before the rename
         write(path, chunks)
 
-    monkeypatch.setattr(g, "write_atomically", killed_while_writing_the_log)
+    monkeypatch.setattr(llmc.run_dir, "write_atomically", killed_while_writing_the_log)
     assert run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)[0] == 130
     assert read_log(out) == log  # whole
-    monkeypatch.setattr(g, "write_atomically", write)
+    monkeypatch.setattr(llmc.run_dir, "write_atomically", write)
     code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
     assert code == 0, err
     assert not [name for name in os.listdir(out) if ".tmp" in name]  # the killed write's file, removed at start
@@ -108,92 +105,11 @@ def test_leftovers_of_killed_writes_are_removed_when_a_run_starts(run_dir, capsy
                                                                                ".notes.tmp"]
 
 
-def test_a_full_disk_names_the_file(run_dir):
-    # a file size limit makes write() fail as a full disk does (EFBIG instead of ENOSPC), at the first checkpoint
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
-
-    out = run_dir / "out"
-    result = subprocess.run([sys.executable, os.path.join(HERE, "train_gpt2.py")]
-                            + trainer_args(run_dir, out, "-x", "2", "-n", "1"),
-                            cwd=run_dir, capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
-    assert result.returncode == 1
-    assert result.stderr == f"error: {out}/model_00000001.bin: cannot write: File too large\n"
-    assert sorted(os.listdir(out)) == [".lock", "main.log"]  # no temporary file left to fill the disk
-
-
-def write_state_with(path, changes=None, wide_changes=None, body=None):
-    """A copy of the training state at `path` with header slots (or 64-bit slots) changed, or the body replaced."""
-    data = bytearray(open(path, "rb").read())
-    header = np.frombuffer(bytes(data[:1024]), dtype="<i4").copy()
-    for slot, value in (changes or {}).items():
-        header[slot] = value
-    for slot, value in (wide_changes or {}).items():
-        header.view("<u8")[slot] = value
-    data[:1024] = header.tobytes()
-    if body is not None:
-        data[1024:1024 + len(body)] = body
-    open(path, "wb").write(bytes(data))
-
-
-@pytest.mark.parametrize("case, fragment", [
-    ("step", "holds the state of step 3, not of step 6 as its name says"),
-    ("negative step", "holds the state of step -6, not of step 6"),
-    ("shuffle flag", "data shuffling flag 7 is neither 0 nor 1"),
-    ("shard index", "at shard 9, but -i matches 3 shard(s)"),
-    ("sample index", "at batch 1000 of shard"),
-    ("sampling rng", "the sampling RNG's state is 0"),
-    ("data rng", "the data order's RNG has 0 draws left"),
-    ("moments", "AdamW's moments are not finite"),
-])
-def test_every_field_of_the_state_is_checked(run_dir, capsys, case, fragment):
-    out = checkpointed_run(run_dir, capsys)
-    state = str(out / "state_00000006_00000.bin")
-    if case == "step":
-        os.replace(out / "state_00000003_00000.bin", state)
-    elif case == "negative step":
-        write_state_with(state, {10: -6})
-    elif case == "shuffle flag":
-        write_state_with(state, {5: 7})
-    elif case == "shard index":
-        write_state_with(state, wide_changes={15: 9})
-    elif case == "sample index":
-        write_state_with(state, wide_changes={16: 1000})
-    elif case == "sampling rng":
-        write_state_with(state, wide_changes={12: 0})
-    elif case == "data rng":  # the Mersenne Twister's words come last; `left` is the third
-        size = os.path.getsize(state)
-        with open(state, "r+b") as f:
-            f.seek(size - 630 * 4 + 2 * 4)
-            f.write(np.array([0], "<u4").tobytes())
-    elif case == "moments":
-        write_state_with(state, body=np.array([np.nan], "<f4").tobytes())
-    assert_refused(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys, "state_00000006_00000.bin",
-                   fragment)
-
-
 def test_a_lock_file_that_is_no_file(run_dir, capsys):
     out = run_dir / "out"
     out.mkdir()
     os.mkfifo(out / ".lock")
     assert_refused(trainer_args(run_dir, out, "-x", "2"), capsys, f"{out}/.lock: not a regular file")
-
-
-def test_resuming_on_other_training_shards_is_refused(run_dir, capsys):
-    out = checkpointed_run(run_dir, capsys)
-    other = run_dir / "other"
-    other.mkdir()
-    for i in range(3):  # the same number of shards, of the same sizes, but other names
-        os.replace(run_dir / f"train_{i}.bin", other / f"shard_{i}.bin")
-    args = trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1")
-    args[args.index("-i") + 1] = str(other / "shard_*.bin")
-    assert_refused(args, capsys, "other training shards (-i) than the run had")
-    for i in range(3):  # moved to another folder under their own names, they are the same shards
-        os.replace(other / f"shard_{i}.bin", other / f"train_{i}.bin")
-    args[args.index("-i") + 1] = str(other / "train_*.bin")
-    code, stdout, err = run_main(args, capsys)
-    assert code == 0, err
 
 
 def test_an_output_directory_whose_name_is_not_utf8(run_dir):
@@ -204,3 +120,84 @@ def test_an_output_directory_whose_name_is_not_utf8(run_dir):
                             env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
     assert result.returncode == 0, result.stderr
     assert b"wrote checkpoint " in result.stdout and b"run_\\udcff/model_00000002.bin" in result.stdout
+
+
+def test_with_an_output_directory_the_last_step_is_always_saved(run_dir, capsys):
+    out = run_dir / "out"
+    code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "4"), capsys)  # no -n
+    assert code == 0, err
+    assert complete_checkpoints(out) == [4]
+    assert tg.read_model_file(str(out / "model_00000004.bin")).num_parameters > 0
+
+
+def test_resume_after_a_kill_is_bit_identical(run_dir):
+    """A straight run, and the same run killed (SIGKILL) mid-way and resumed: the same losses and logs. The kill
+    lands wherever it lands (the run may even have finished): the test asserts only what holds everywhere."""
+    script = os.path.join(HERE, "train_gpt2.py")
+    args = trainer_args(run_dir, run_dir / "killed", "-x", "60", "-n", "5", "-nk", "3")
+    # one step first, so that every kernel is compiled and cached before the runs that are compared
+    subprocess.run([sys.executable, script] + trainer_args(run_dir, run_dir / "warm", "-x", "1"), cwd=run_dir,
+                   capture_output=True, timeout=600, check=True)
+    process = subprocess.Popen([sys.executable, script] + args, stdout=subprocess.DEVNULL, cwd=run_dir)
+    done = run_dir / "killed" / "DONE_00000020"
+    while not done.exists() and process.poll() is None:
+        time.sleep(0.002)
+    process.kill()
+    assert process.wait() in (0, -signal.SIGKILL)
+    latest = RunDirectory(str(run_dir / "killed"), ONE_PROCESS).latest_checkpoint()
+    assert latest >= 20
+    # a kill between a checkpoint's DONE_ file and the retiring of the oldest leaves one more than -nk 3
+    assert len(complete_checkpoints(run_dir / "killed")) <= 4
+    resumed = subprocess.run([sys.executable, script] + args + ["-y", "1"], cwd=run_dir, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from the checkpoint of step {latest}" in resumed.stdout
+    assert complete_checkpoints(run_dir / "killed") == [50, 55, 60]
+    straight = subprocess.run([sys.executable, script] + trainer_args(run_dir, run_dir / "straight", "-x", "60"),
+                              cwd=run_dir, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+
+    def losses(stdout):
+        return [line.split(" (took")[0] for line in stdout.splitlines() if line.startswith("step ")]
+
+    assert losses(resumed.stdout) == losses(straight.stdout)[latest:]
+    assert read_log(run_dir / "killed") == read_log(run_dir / "straight")
+
+
+@pytest.mark.parametrize("killed_at", [5, 10, 15, 20])
+def test_a_kill_right_after_a_checkpoint_is_pruned_on_resume(run_dir, capsys, monkeypatch, killed_at):
+    # the kill is made to land exactly between a checkpoint's DONE_ file and the pruning that follows it
+    out = run_dir / "out"
+    args = trainer_args(run_dir, out, "-x", "20", "-n", "5", "-nk", "2", "-v", "0")
+    prune = RunDirectory.prune
+
+    def killed_before_pruning(run_directory, keep):
+        if run_directory.latest_checkpoint() == killed_at:
+            raise KeyboardInterrupt
+        prune(run_directory, keep)
+
+    monkeypatch.setattr(RunDirectory, "prune", killed_before_pruning)
+    assert run_main(args, capsys)[0] == 130
+    assert complete_checkpoints(out) == list(range(5, killed_at + 1, 5))[-3:]
+    (out / "model_00000001.bin").write_bytes(b"a model whose checkpoint a kill left incomplete")
+    monkeypatch.setattr(RunDirectory, "prune", prune)
+    code, stdout, err = run_main(args + ["-y", "1"], capsys)
+    assert code == 0, err
+    assert f"resumed from the checkpoint of step {killed_at}" in stdout
+    assert complete_checkpoints(out) == [15, 20]
+    assert sorted(os.listdir(out)) == [".lock", "DONE_00000015", "DONE_00000020", "main.log", "model_00000015.bin",
+                                       "model_00000020.bin", "state_00000015_00000.bin", "state_00000020_00000.bin"]
+
+
+def test_odd_names_and_bytes_in_the_output_directory(run_dir, capsys):
+    out = run_dir / "out"
+    assert run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3"), capsys)[0] == 0
+    for name in ("DONE_0000000\u00b2", "DONE_\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668", "DONE_abc",
+                 "model_99999999.bin.bak", "DONE_000000090"):
+        (out / name).write_bytes(b"")
+    (out / "DONE_00000009").mkdir()  # a directory is no checkpoint
+    with open(out / "main.log", "ab") as log:
+        log.write(b"a line that is not UTF-8: \xff\xfe\n")
+    code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
+    assert code == 0, err
+    assert "resumed from the checkpoint of step 6" in stdout

@@ -1,0 +1,41 @@
+"""
+dev/bench.py and dev/gemm_bf16.py, the measurements behind the README's tables: they run (ours alone, which needs
+no PyTorch) on the small fixture, and the bfloat16 rounding of the GEMM measurement is llm.c's.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.helpers import FIXTURE_MODEL, HERE
+
+
+def test_bench_times_attention():
+    # python -m dev.bench --attention, as the README's table is made (ours alone, which needs no PyTorch)
+    command = [sys.executable, "-m", "dev.bench", "--attention", "-e", FIXTURE_MODEL, "-t", "16", "--steps", "2"]
+    result = subprocess.run(command, cwd=HERE, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ours (train_gpt2) |")]
+    assert len(rows) == 1 and float(rows[0][1]) > 0 and float(rows[0][2]) > 0 and rows[0][4] == "1.00x", rows
+    refused = subprocess.run(command + ["--profile"], cwd=HERE, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--attention goes with --vs torch only" in refused.stderr
+
+
+def test_bench_times_generation():
+    # python -m dev.bench --generate, as the README's table is made, on the small fixture
+    result = subprocess.run([sys.executable, "-m", "dev.bench", "--generate", "-e", FIXTURE_MODEL, "--prompt-tokens",
+                             "3", "--gen-tokens", "5", "--steps", "1"], cwd=HERE, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ours")]
+    assert len(rows) == 2 and "bandwidth: " in result.stdout and "tokens/s; ours with the KV cache reach " in \
+        result.stdout
+    assert "the KV cache's and recompute's agree on the first 5 of 5" in result.stdout
+
+
+def test_bf16_rounding_of_the_gemm_measurement_is_llmc_s():
+    # dev/gemm_bf16.py rounds float32 to bfloat16 to nearest, ties to even, as llm.c's and the libraries' do
+    from dev.gemm_bf16 import to_bf16
+    values = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-8 + 2**-20, -2.5, 65504.0], dtype=np.float32)
+    widened = (to_bf16(np, values).astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(widened, [1.0, 1.0, 1.0 + 4 * 2**-8, 1.0 + 2**-7, -2.5, 65536.0])
