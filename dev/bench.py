@@ -19,6 +19,7 @@ The README's tables:
     python -m dev.bench --vs torch      # d12, B=4, T=64: ours and PyTorch, speed-up and RSS ratio
     python -m dev.bench --sweep         # ms/step, per-token cost and RSS over T (64..1024) and depth (d6..d24)
     python -m dev.bench --profile       # each kernel's share of our step
+    python -m dev.bench --vs-tree DIR   # ours against another checkout (e.g. git worktree add DIR HEAD~1)
     python -m dev.bench --processes     # 1 process x 2 threads, 1 x 1, and 2 processes x 1 thread under mpirun
     python -m dev.bench --attention -t 1024 --vs torch   # attention alone: ours, PyTorch's fused and its eager
 

@@ -39,3 +39,20 @@ def test_bf16_rounding_of_the_gemm_measurement_is_llmc_s():
     values = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-8 + 2**-20, -2.5, 65504.0], dtype=np.float32)
     widened = (to_bf16(np, values).astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(widened, [1.0, 1.0, 1.0 + 4 * 2**-8, 1.0 + 2**-7, -2.5, 65536.0])
+
+
+def test_bench_times_another_checkout_alternated(tmp_path):
+    # python -m dev.bench --vs-tree DIR, as issue 21's comparison of two commits was made: here the other checkout is
+    # this one under another path (a link), whose worker runs from there and must give the same losses
+    other = tmp_path / "other"
+    other.symlink_to(HERE, target_is_directory=True)
+    command = [sys.executable, "-m", "dev.bench", "-e", FIXTURE_MODEL, "-t", "16", "--warmup", "1", "--steps", "2"]
+    result = subprocess.run(command + ["--vs-tree", str(other)], cwd=HERE, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ours (numba)")]
+    assert len(rows) == 2 and rows[1].startswith(f"| ours (numba) at {other} |"), rows
+    assert f"this checkout against {other} (its ms / ours ms): " in result.stdout
+    losses = result.stdout.split("loss, first step -> last: ")[1].splitlines()[0].split("; ")
+    assert losses[0].removeprefix("ours ") == losses[1].removeprefix(f"ours at {other} "), losses
+    refused = subprocess.run(command + ["--vs-tree", str(tmp_path)], cwd=HERE, capture_output=True, text=True)
+    assert refused.returncode == 2 and "not a checkout of this repository" in refused.stderr
