@@ -88,7 +88,7 @@ def encode_prompt(text, encoding, config):
     the new tokens must fit the model's context."""
     if config.vocab_size != encoding.n_vocab:
         raise GPT2Error(f"the model's vocabulary has {config.vocab_size} tokens, GPT-2's tokenizer "
-                             f"{encoding.n_vocab}: sample_gpt2.py needs a model with GPT-2's vocabulary")
+                        f"{encoding.n_vocab}: sample_gpt2.py needs a model with GPT-2's vocabulary")
     return encoding.encode(text, allowed_special={"<|endoftext|>"}) or [encoding.eot_token]
 
 
@@ -96,8 +96,8 @@ def check_context(prompt, args, config):
     positions = len(prompt) + args.gen_tokens - 1  # the last new token never runs through the model
     if positions > config.max_seq_len:
         raise GPT2Error(f"a prompt of {len(prompt)} tokens and -g {args.gen_tokens} new tokens need "
-                             f"{positions} positions, more than the model's context of {config.max_seq_len}: "
-                             f"shorten the prompt or lower -g")
+                        f"{positions} positions, more than the model's context of {config.max_seq_len}: "
+                        f"shorten the prompt or lower -g")
     return positions
 
 

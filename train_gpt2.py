@@ -12,7 +12,8 @@ and every tensor is a view into one of them. A model that only runs forward (to 
 has its parameters, one layer's activations and a KV cache. The file reads top to bottom:
 
     1. kernels              each layer's forward beside its backward; attention in blocks, as FlashAttention
-    2. the model            GPT-2 itself: its shapes, buffers, forward, backward, llm.c's model file, initialisation
+    2. the model            GPT-2 itself: its shapes, buffers, forward, backward, llm.c's model file, initialisation,
+                            and every model source -e names
     3. the optimizer        AdamW, the gradient norm, learning rate schedules
     4. the data loader      llm.c's token shards, read in llm.c's exact order
     5. generating text      llm.c's draw with temperature, top-k and top-p, and a KV cache
@@ -283,27 +284,6 @@ def attention_forward(out, lse, qkv, NH, scores, rowmax, rowsum, partial, kv_cac
             batched_matmul(out_block, block.transpose(0, 1, 3, 2), v[:, :, k0:k1], partial, add=k0 > 0)
 
 
-@njit(cache=True, inline="always", fastmath={"nsz", "arcp", "contract"})
-def fast_exp(x):
-    # e^x, in float64 whatever x is, and returned in x's type. C's exp and expf are calls that a loop cannot
-    # vectorise (numba has no vector math library without Intel's SVML); this is arithmetic that it can, several
-    # times faster over an array. x = n ln2 + r with |r| <= ln2 / 2, and e^x = 2^n e^r: 2^n is n put in a float's
-    # exponent bits, e^r the Taylor series to r^12 (3e-16 relative error in float64; in float32 the rounding of the
-    # exact e^x). ln2 is split in two so that n times its first part is exact. Below -708 the result is 0 (not a
-    # subnormal), NaN stays NaN. (2^n is made as 2 * 2^(n-1), which has an exponent for every n from -1021 to 1024.)
-    y = np.float64(x)
-    clamped = min(max(y, -708.0), 710.0)
-    n = math.floor(clamped * 1.4426950408889634 + 0.5)  # round(y / ln2)
-    r = (clamped - n * 0.6931471803691238) - n * 1.9082149292705877e-10
-    e_r = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
-        1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800 + r / 479001600)))))))))))
-    e = e_r * 2.0 * np.int64((np.int64(n) + 1022) << 52).view(np.float64)  # inf from 709.79 (e^x > the largest float64)
-    e = 0.0 if y < -708.0 else e
-    e = math.inf if y > 710.0 else e
-    e = y if y != y else e
-    return type(x)(e)
-
-
 # The online softmax. A softmax needs the max and the sum of all of a query's scores, but its keys come block after
 # block: the online softmax keeps, for each query, the running max m, the running sum l and the output so far,
 # unnormalised, and for each new block of scores s (R queries x Kb keys) and values v (Kb,hs):
@@ -361,6 +341,27 @@ def attention_softmax(scores, rowmax, rowsum, out, lse, t0, scale, diagonal, fir
             for i in range(R):
                 for d in range(hs):
                     out[b, h, i, d] *= rescale[i]
+
+
+@njit(cache=True, inline="always", fastmath={"nsz", "arcp", "contract"})
+def fast_exp(x):
+    # e^x, in float64 whatever x is, and returned in x's type. C's exp and expf are calls that a loop cannot
+    # vectorise (numba has no vector math library without Intel's SVML); this is arithmetic that it can, several
+    # times faster over an array. x = n ln2 + r with |r| <= ln2 / 2, and e^x = 2^n e^r: 2^n is n put in a float's
+    # exponent bits, e^r the Taylor series to r^12 (3e-16 relative error in float64; in float32 the rounding of the
+    # exact e^x). ln2 is split in two so that n times its first part is exact. Below -708 the result is 0 (not a
+    # subnormal), NaN stays NaN. (2^n is made as 2 * 2^(n-1), which has an exponent for every n from -1021 to 1024.)
+    y = np.float64(x)
+    clamped = min(max(y, -708.0), 710.0)
+    n = math.floor(clamped * 1.4426950408889634 + 0.5)  # round(y / ln2)
+    r = (clamped - n * 0.6931471803691238) - n * 1.9082149292705877e-10
+    e_r = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
+        1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800 + r / 479001600)))))))))))
+    e = e_r * 2.0 * np.int64((np.int64(n) + 1022) << 52).view(np.float64)  # inf from 709.79 (e^x > the largest float64)
+    e = 0.0 if y < -708.0 else e
+    e = math.inf if y > 710.0 else e
+    e = y if y != y else e
+    return type(x)(e)
 
 
 def attention_backward(dqkv, dout, qkv, out, lse, NH, scores, dscores, rowdot, partial):
@@ -586,16 +587,6 @@ def num_parameters(config):
     return sum(math.prod(shape) for shape in parameter_shapes(config).values())
 
 
-def checked_config(source, **sizes):
-    """The GPT2Config of these sizes; refuses a model shape the kernels cannot run, naming where it came from."""
-    c = GPT2Config(**sizes)
-    if min(vars(c).values()) < 1 or c.padded_vocab_size < c.vocab_size:
-        raise GPT2Error(f"{source}: not a valid model: {vars(c)}")
-    if c.channels % c.num_heads:
-        raise GPT2Error(f"{source}: {c.channels} channels do not split into {c.num_heads} heads")
-    return c
-
-
 def zeros(size, dtype):
     """A flat buffer of zeros, written now, by all the cores. (np.zeros maps pages that the first write to each then
     faults in: inside the first training step's kernels, where GPT-2 124M's 2 GB of them made the step slower.)"""
@@ -686,7 +677,7 @@ class GPT2:
         if self.acts_memory is None:
             raise RuntimeError("call allocate(B, T) before forward")
         B, T = inputs.shape
-        if B > self.capacity[0] or T > self.capacity[1] or pos + T > self.capacity[2]:
+        if B > self.capacity.B or T > self.capacity.T or pos + T > self.capacity.context:
             raise ValueError(f"batch ({B}, {pos} + {T}) does not fit the (B, T, context) {tuple(self.capacity)} "
                              "allocated")
         if pos and self.training:
@@ -768,8 +759,19 @@ class GPT2:
         self.grads_are_zero = False
 
 
-# Checkpoints: llm.c's model file, header [2] maxT [3] V [4] L [5] NH [6] C [7] Vp, then the 16 tensors.
-# Version 3 stores float32, version 5 bfloat16 (the top 16 bits of a float32), which we widen on load.
+# llm.c's model file (a checkpoint's model_%08d.bin, or llm.c's gpt2_124M.bin): header [2] maxT [3] V [4] L [5] NH
+# [6] C [7] Vp, then the 16 tensors. Version 3 stores float32, version 5 bfloat16 (the top 16 bits of a float32),
+# which we widen on load.
+
+def checked_config(source, **sizes):
+    """The GPT2Config of these sizes; refuses a model shape the kernels cannot run, naming where it came from."""
+    c = GPT2Config(**sizes)
+    if min(vars(c).values()) < 1 or c.padded_vocab_size < c.vocab_size:
+        raise GPT2Error(f"{source}: not a valid model: {vars(c)}")
+    if c.channels % c.num_heads:
+        raise GPT2Error(f"{source}: {c.channels} channels do not split into {c.num_heads} heads")
+    return c
+
 
 def read_model_header(path):
     """The model's shape, and the header it came from."""
@@ -822,7 +824,7 @@ def build_from_random(config):
 
 # Every model source -e names: an llm.c model file, a Hugging Face GPT-2 (llmc/hf.py), or a shape.
 
-def hf_config(folder):
+def config_from_hf(folder):
     sizes, path = hf.read_config(folder)
     return checked_config(path, **sizes)
 
@@ -832,7 +834,7 @@ def gpt2_config(source):
     kind = cli.model_kind(source)
     if kind == "llm.c":
         return read_model_header(source)[0]
-    return hf_config(hf.folder(source)) if kind == "hf" else config_from_descriptor(source)
+    return config_from_hf(hf.folder(source)) if kind == "hf" else config_from_descriptor(source)
 
 
 def load_gpt2(source):
@@ -844,7 +846,7 @@ def load_gpt2(source):
     if kind == "shape":
         return build_from_random(config_from_descriptor(source))
     folder = hf.folder(source)
-    config, weights_file = hf_config(folder), hf.weights_file(folder)
+    config, weights_file = config_from_hf(folder), hf.weights_file(folder)
     model = GPT2(config, zeros(num_parameters(config), np.float32))
     hf.read_weights(weights_file, config, model.params)
     return model
@@ -918,7 +920,6 @@ def sum_of_squares(x):
     return partial.sum()
 
 
-
 def gradient_norm(grads, processes=ONE_PROCESS):
     """The L2 norm of all the gradients together (grads: the flat buffer), which clipping compares to its
     threshold. With ZeRO-1, grads is this process's slice, and the slices' sums of squares add up over the
@@ -926,7 +927,7 @@ def gradient_norm(grads, processes=ONE_PROCESS):
     return math.sqrt(processes.sum_over_slices(sum_of_squares(grads)))
 
 
-# Learning rate schedules, as llmc/schedulers.h: a linear warmup over the first `warmup` steps, then "cosine" or
+# Learning rate schedules, as llm.c's llmc/schedulers.h: a linear warmup over the first `warmup` steps, then "cosine" or
 # "linear" decay to lr * final_frac at the last step, "wsd" (warmup, stable, decay) holding lr until 80% of the
 # steps and then decaying as 1 - sqrt, or "constant".
 
@@ -954,7 +955,7 @@ def learning_rate(schedule, step, lr, warmup, final_frac, num_steps):
 # consecutive tokens: inputs are the first B*T, targets the same shifted by one. It walks the shards matched by a
 # glob pattern in sorted order, and each shard in steps of B*T tokens. With shuffling on (llm.c shuffles the
 # training set, not the validation set), each epoch visits the shards in a random order and each shard's batches
-# in a random order, drawn from a Mersenne Twister seeded 42, exactly as llmc/dataloader.h does, so the same
+# in a random order, drawn from a Mersenne Twister seeded 42, exactly as llm.c's llmc/dataloader.h does, so the same
 # files give the same batches in the same order as llm.c.
 
 def read_shard_header(path):
@@ -1106,10 +1107,10 @@ def generate(model, prompt, num_tokens, rng, temperature=1.0, top_k=0, top_p=1.0
     """Yields num_tokens new tokens, one at a time, drawn after `prompt` (a list of token ids) with the coins of
     rng (XorShift). The model is allocated without training, for B=1, T >= len(prompt) and a context of at least
     len(prompt) + num_tokens - 1 positions (the last token drawn never runs through it)."""
-    _, T, context = model.capacity
+    T, context = model.capacity.T, model.capacity.context
     if model.training or not 1 <= len(prompt) <= T or len(prompt) + num_tokens - 1 > context:
         raise ValueError(f"a prompt of {len(prompt)} tokens and {num_tokens} new tokens do not fit the "
-                         f"(B, T, context) {model.capacity} of a model allocated without training")
+                         f"(B, T, context) {tuple(model.capacity)} of a model allocated without training")
     V, top_k = model.config.vocab_size, min(int(top_k), model.config.vocab_size)
     model.forward(np.array([prompt], dtype=np.int32))  # the whole prompt at once
     logits = model.activations(1, len(prompt)).logits[0, -1]
@@ -1139,8 +1140,8 @@ def one_numba_thread():
 # 6. Training
 #
 # One optimizer step is llm.c's loop body: forward and backward passes over grad_accum_steps micro-batches, their
-# gradients adding up, the gradient norm, and AdamW. With many processes (mpirun, llmc/mpi.py), each runs it on its
-# own rows, and the lines marked "processes" combine their work.
+# gradients adding up, the gradient norm (and clipping), and AdamW. With many processes (mpirun, llmc/mpi.py), each
+# runs it on its own rows, and the lines marked "processes" combine their work.
 
 def train_step(model, optimizer, next_batch, grad_accum_steps, lr, step, grad_clip=0.0, processes=ONE_PROCESS):
     """One optimizer step on batches from next_batch(). Returns the mean loss and the gradient norm."""
@@ -1153,7 +1154,7 @@ def train_step(model, optimizer, next_batch, grad_accum_steps, lr, step, grad_cl
     if not math.isfinite(loss):
         raise GPT2Error(f"the training loss is {loss} at step {step}: the run diverged (lower -l?)", every_process=True)
     processes.sum_gradients(model, optimizer)  # processes: one all-reduce (or reduce-scatter) per step
-    norm = gradient_norm(optimizer.grads, processes)
+    norm = gradient_norm(optimizer.grads, processes)  # processes: with ZeRO-1, the slices' sums of squares added up
     if not math.isfinite(norm):
         raise GPT2Error(f"the gradient norm is {norm} at step {step}: the run diverged (lower -l?)", every_process=True)
     grad_scale = grad_clip / norm if 0 < grad_clip < norm else 1.0
@@ -1181,7 +1182,7 @@ def print_sample(sampler, tokenizer, gen_tokens, sample_rng):
 
 
 # Setting up a run, as llm.c's main does before its loop: the model, AdamW, the data, and models for evaluating and
-# sampling that share the parameters.
+# sampling that share the parameters; and writing a checkpoint.
 
 def load_run_model(args, run_dir):
     """The model to train: from the checkpoint being resumed, which must have the shape -e names, or from -e. The
@@ -1214,7 +1215,7 @@ def build_model(args, run_dir, processes):
               f"{cfg.padded_vocab_size}, num_layers {cfg.num_layers}, num_heads {cfg.num_heads}, channels "
               f"{cfg.channels}, num_parameters {model.num_parameters:,}")
         training = args.max_steps != 0  # -x 0 only evaluates: no gradients, no optimizer state
-        model.allocate(args.batch_size, args.seq_len, training=training)  # refuses a T longer than the model's
+        model.allocate(args.batch_size, args.seq_len, training=training)  # refuses a T over the model's maximum
         optimizer = AdamW(model, args.beta1, args.beta2, eps=1e-8, weight_decay=args.weight_decay,
                           shard=processes.optimizer_shard(model.num_parameters)) if training else None
     return model, optimizer
@@ -1238,7 +1239,8 @@ def data_loaders(args, config, processes):
 
 
 def evaluation_model(args, model, processes):
-    """--eval-data's examples, and a model to score them (the same parameters, no gradients), or (None, None)."""
+    """A model to score --eval-data's examples (the same parameters, no gradients), and the examples; or
+    (None, None)."""
     with processes.together():
         examples = read_eval_file(args.eval_data, model.config.vocab_size) if args.eval_data else None
     if not examples:
@@ -1252,7 +1254,7 @@ def evaluation_model(args, model, processes):
 
 
 def sampling_model(args, model, processes):
-    """The tokenizer and a model to sample from (the same parameters, a KV cache), or (None, None): rank 0 samples,
+    """A model to sample from (the same parameters, a KV cache) and the tokenizer, or (None, None): rank 0 samples,
     with -s, if the tokenizer's vocabulary is the model's."""
     with processes.together():
         tokenizer = sampling_tokenizer(model.config.vocab_size) if processes.rank == 0 and args.sample_every else None

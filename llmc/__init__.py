@@ -12,5 +12,6 @@ as given while reading how GPT-2 trains, one module per concern. No module here 
     mpi         the processes of an mpirun: rank, all-reduce, ZeRO-1's reduce-scatter and all-gather
     state       llm.c's training state file: AdamW's moments, the data loader's position, the run's settings
     run_dir     the run directory (-o): its lock, checkpoints, main.log, resuming and pruning
-    cli         the command line: flags, their checks and defaults, one line and an exit status for every error
+    cli         the command line: flags, their checks and defaults, what a run prints before it starts, and one
+                line and an exit status for every error
 """

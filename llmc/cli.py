@@ -1,6 +1,7 @@
 """
-The trainer's command line: its flags (llm.c's, from train_gpt2.cu), their checks and defaults, what -e names, and
-how main() ends: one line and exit status 1 for bad input, 2 for a bad flag, 130 for Ctrl-C.
+The trainer's command line: its flags (llm.c's, from train_gpt2.cu), their checks and defaults, what -e names, what a
+run prints before it starts, and how main() ends: one line and exit status 1 for bad input, 2 for a bad flag, 130
+for Ctrl-C.
 
 The defaults are llm.c's CPU demo (train_gpt2.c): GPT-2 124M fine-tuned on Tiny Shakespeare with B=4, T=64 and a
 constant learning rate of 1e-4 for 40 steps.
@@ -22,7 +23,7 @@ from llmc.files import GPT2Error
 from llmc.mpi import ONE_PROCESS, launched_rank
 
 DEFAULT_MODEL = "gpt2_124M.bin"
-SCHEDULES = ("cosine", "linear", "constant", "wsd")  # the learning rate schedules, as llmc/schedulers.h
+SCHEDULES = ("cosine", "linear", "constant", "wsd")  # the learning rate schedules, as llm.c's llmc/schedulers.h
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +269,6 @@ class ExitStatus:
         return self
 
     def __exit__(self, kind, error, traceback):
-        signal.signal(signal.SIGINT, self.previous_handler)
         processes = self.processes
         if isinstance(error, (GPT2Error, OSError, MemoryError, ImportError)):
             alike = getattr(error, "every_process", False)
@@ -284,6 +284,7 @@ class ExitStatus:
             if processes.count > 1:
                 os._exit(130)
             self.code = 130
+        signal.signal(signal.SIGINT, self.previous_handler)
         return self.code != 0  # the errors above end here; anything else is a bug, with its traceback
 
 

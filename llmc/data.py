@@ -8,7 +8,6 @@ data sets have scripts of their own in dev/data/, which write their shards with 
 """
 
 import os
-import urllib.request
 
 import numpy as np
 
@@ -35,6 +34,7 @@ def prepare_tinyshakespeare(out_dir=TINYSHAKESPEARE_DIR, input_path=None):
     """Writes tiny_shakespeare_{val,train}.bin into out_dir from input_path, or from the downloaded text."""
     text_path = input_path or os.path.join(out_dir, "tiny_shakespeare.txt")
     if input_path is None and not os.path.exists(text_path):
+        import urllib.request  # here: it takes a while to load, and only a download needs it
         print(f"downloading {TINYSHAKESPEARE_URL} to {text_path}")
         try:
             with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:

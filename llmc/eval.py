@@ -12,6 +12,7 @@ import numpy as np
 
 from llmc.files import EVAL_MAGIC, HEADER_BYTES, GPT2Error, read_file, read_header
 
+
 def read_eval_file(path, vocab_size):
     """The examples of an eval file, every field checked: [(label, context tokens, [completion tokens, ...])]."""
     header = read_header(path, EVAL_MAGIC, (1,))

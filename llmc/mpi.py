@@ -9,7 +9,7 @@ of the mean loss over all N*B rows and takes the same AdamW step. With ZeRO-1 (-
 and v for its 1/N slice of the parameters only: the gradients are reduce-scattered (each process gets the sum of its
 slice), each process updates its slice, and an all-gather gives every process all the parameters again. Rank 0
 prints, samples and writes the model and main.log; every rank writes its own training state. Without mpirun, MPI is
-never imported, and the one process is what the trainer reads as.
+never imported, and ONE_PROCESS stands for the one process.
 """
 
 import contextlib
@@ -19,6 +19,7 @@ import zlib
 import numpy as np
 
 from llmc.files import GPT2Error
+
 
 def launched_processes():
     """How many processes mpirun started, from the environment it gives them (Open MPI's, or MPICH's Hydra)."""

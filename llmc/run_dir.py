@@ -23,8 +23,9 @@ CHECKPOINT_FILE = re.compile(r"model_([0-9]{8})\.bin|state_([0-9]{8})(_[0-9]{5})
 
 
 class RunDirectory:
-    """-o, as this process sees it: rank 0 holds its lock and writes the model and main.log; every process writes
-    its own training state. Without -o, a run directory of none: nothing is written and nothing resumed."""
+    """-o, as this process sees it: rank 0 holds its lock and writes main.log and the DONE_ files; every process
+    writes its own training state (and the trainer's rank 0 the model file). Without -o, a run directory of none:
+    nothing is written and nothing resumed."""
 
     def __init__(self, path, processes):
         self.path, self.processes = path, processes

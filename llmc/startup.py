@@ -4,10 +4,10 @@ What must happen before numpy and numba load, so the trainer and sample_gpt2.py 
 numba's parallel loops run on OpenMP threads and the matrix products on OpenBLAS's threads. By default both kinds
 spin for a while when they run out of work, waiting for more, and on a machine with few cores the spinning threads
 of one take the cores the other needs next, and a GPT-2 124M step ran much slower (the README's Performance section
-has the figures). Idle threads should sleep at once.
-Both settings are read when the libraries load. Under mpirun, the processes on one machine share its cores: each
-takes its share of the cores it may run on, unless OMP_NUM_THREADS says otherwise (mpirun binds each of 2 processes
-to a core of its own by default).
+has the figures). Idle threads should sleep at once; both settings are read when the libraries load.
+
+Under mpirun, the processes on one machine share its cores: each takes its share of the cores it may run on, unless
+OMP_NUM_THREADS says otherwise (mpirun binds each of 2 processes to a core of its own by default).
 """
 
 import os

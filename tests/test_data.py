@@ -3,10 +3,11 @@ llmc/data.py: llm.c's token shards written (and read back by the trainer's data 
 prepared for the default run. (The scripts of dev/data/ are in test_data_scripts.py.)
 """
 
+import urllib.request
+
 import numpy as np
 import pytest
 
-import llmc.data
 import train_gpt2 as tg
 from llmc.data import prepare_tinyshakespeare, write_shard
 from llmc.files import GPT2Error
@@ -24,7 +25,7 @@ def test_shard_round_trip(tmp_path):
 def test_no_network_tells_how_to_give_the_text(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
-    monkeypatch.setattr(llmc.data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(GPT2Error,
                        match=r"cannot download Tiny Shakespeare .*python -m dev\.data\.tinyshakespeare --input PATH"):
         prepare_tinyshakespeare(str(tmp_path / "ts"))

@@ -41,7 +41,7 @@ import numpy as np
 from llmc.data import write_shard
 from llmc.files import EVAL_MAGIC, GPT2Error, new_header, process_exists, write_atomically
 from llmc.tokenizer import EOT_TOKEN, gpt2_encoding
-from train_gpt2 import read_shard_header
+import train_gpt2 as tg
 
 MAX_SHARD_TOKENS = 2 ** 31 - 1  # a shard's header counts its tokens in an int32
 BATCH_CHARS = 1 << 20           # text sent to a worker at a time...
@@ -504,7 +504,7 @@ class ShardWriter:
         name = self.stream.shard_name(index, next_position is None)
         path = os.path.join(self.out_dir, name)
         write_shard(path, np.concatenate([array[start:stop] for array, start, stop in self.chunks]))
-        found = read_shard_header(path)
+        found = tg.read_shard_header(path)
         if found != self.count:
             raise GPT2Error(f"{path}: holds {found} tokens after writing {self.count}")
         self.state["shards"].append({"file": name, "tokens": self.count, "next": next_position,
@@ -525,7 +525,7 @@ def finished_shards(out_dir, shards):
     """How many of the recorded shards, from the first on, exist and pass read_shard_header."""
     for i, shard in enumerate(shards):
         try:
-            if read_shard_header(os.path.join(out_dir, shard["file"])) != shard["tokens"]:
+            if tg.read_shard_header(os.path.join(out_dir, shard["file"])) != shard["tokens"]:
                 return i
         except GPT2Error:
             return i
