@@ -281,3 +281,19 @@ def test_the_numba_cache_check_finds_a_call_into_another_file(tmp_path):
         "train_gpt2.py:7: k (cache=True) uses llmc.rand.draw",
     ]
 
+
+
+def test_the_tutorial_keeps_its_budget():
+    # issue 21's targets, as python -m dev.tutorial_lines counts them: at most 1,400 lines, at least 85% the core
+    # algorithm, and no function of the tutorial over about 60 lines
+    from dev import tutorial_lines
+    rows, total = tutorial_lines.count()
+    core = sum(lines for _, lines, is_core in rows if is_core)
+    assert sum(lines for _, lines, _ in rows) == total
+    assert total <= tutorial_lines.BUDGET_LINES and core >= tutorial_lines.CORE_SHARE * total, (total, core)
+    assert tutorial_lines.main(["--summary"]) == 0
+    functions = [node for node in ast.walk(ast.parse(open(tutorial_lines.TUTORIAL).read()))
+                 if isinstance(node, ast.FunctionDef)]
+    assert len(functions) > 50
+    too_long = {f.name: f.end_lineno - f.lineno + 1 for f in functions if f.end_lineno - f.lineno + 1 > 62}
+    assert not too_long, too_long
