@@ -1199,10 +1199,10 @@ def load_run_model(args, run_dir):
         model = load_gpt2(source)
         print(f"{args.model} not found: fine-tuning OpenAI's GPT-2 124M from the Hugging Face hub ({source})")
         return model
-    except GPT2Error as e:
-        print(f"{args.model} not found, and {e}: training GPT-2 124M's shape (d12) from scratch instead; to "
-              f"fine-tune the real one, run once with a network, or: python -m dev.hf_gpt2 import gpt2 -o "
-              f"{cli.DEFAULT_MODEL}")
+    except GPT2Error as e:  # offline: say so in two short lines, and what would fetch the real weights
+        why = f"the Hugging Face hub cannot give {source} ({type(e.__cause__).__name__})" if e.__cause__ else str(e)
+        print(f"{args.model} not found, and {why}\ntraining GPT-2 124M's shape (d12) from scratch instead; for "
+              f"OpenAI's weights, run once online or put llm.c's {args.model} here")
         return load_gpt2("d12")
 
 
@@ -1223,15 +1223,11 @@ def build_model(args, run_dir, processes):
 
 def data_loaders(args, config, processes):
     """The training and validation loaders, each process reading its rows. As llm.c, overfitting (-a 1) trains
-    on the first batches of the validation set, unshuffled. The default data, Tiny Shakespeare, is prepared the
-    first time (by rank 0, while the others wait)."""
+    on the first batches of the validation set, unshuffled."""
     B, T, V, rank, count = args.batch_size, args.seq_len, config.vocab_size, processes.rank, processes.count
     if args.max_steps == 0:  # evaluating only: no training data, and the default validation data only if there
         has_val = args.val_data and (args.val_data != DEFAULT_VAL or os.path.exists(DEFAULT_VAL))
         return None, DataLoader(args.val_data, B, T, V, process_rank=rank, num_processes=count) if has_val else None
-    with processes.together():
-        if processes.rank == 0:
-            prepare_default_data(args.train_data, args.val_data)
     train_loader = DataLoader(args.val_data if args.overfit else args.train_data, B, T, V, shuffle=not args.overfit,
                               process_rank=rank, num_processes=count)
     val_loader = DataLoader(args.val_data, B, T, V, process_rank=rank, num_processes=count) if args.val_data else None
@@ -1304,6 +1300,9 @@ def write_checkpoint(run_dir, step, model, optimizer, loader, sample_rng, args, 
 def train(args, processes):
     started = time.perf_counter()
     run_dir = RunDirectory.open(args, processes)  # -o, and the step of the checkpoint to resume from with -y 1
+    with processes.together():  # the default data first: a run that cannot have it stops before building a model
+        if processes.rank == 0 and args.max_steps != 0:
+            prepare_default_data(args.train_data, args.val_data)
     model, optimizer = build_model(args, run_dir, processes)
     train_loader, val_loader = data_loaders(args, model.config, processes)
     args = cli.complete_settings(args, train_loader.num_tokens if train_loader else 0, processes.count)

@@ -35,13 +35,13 @@ def prepare_tinyshakespeare(out_dir=TINYSHAKESPEARE_DIR, input_path=None):
     text_path = input_path or os.path.join(out_dir, "tiny_shakespeare.txt")
     if input_path is None and not os.path.exists(text_path):
         import urllib.request  # here: it takes a while to load, and only a download needs it
-        print(f"downloading {TINYSHAKESPEARE_URL} to {text_path}")
+        print(f"downloading {TINYSHAKESPEARE_URL}")
         try:
             with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:
                 text = response.read()
         except OSError as e:
-            raise GPT2Error(f"cannot download Tiny Shakespeare ({e}); with a local copy of the text, "
-                            "run python -m dev.data.tinyshakespeare --input PATH") from None
+            reason = str(getattr(e, "reason", e))[:60]  # a URLError's reason, without its wrapping
+            raise GPT2Error(f"cannot download Tiny Shakespeare ({reason}); offline, copy it to {text_path}") from None
         write_atomically(text_path, [np.frombuffer(text, dtype=np.uint8)])
     check_regular_file(text_path)
     try:

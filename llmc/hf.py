@@ -35,9 +35,11 @@ def folder(source):
                         "pip install huggingface_hub safetensors") from None
     try:  # the hub's cache, resumed downloads, HF_HUB_OFFLINE and HF_ENDPOINT are huggingface_hub's
         return huggingface_hub.snapshot_download(source, allow_patterns=["config.json", "model.safetensors"])
-    except Exception as e:  # it raises its own errors, and its HTTP client's
-        raise GPT2Error(f"{source}: no such folder here, and cannot get it from the Hugging Face hub "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # it raises its own errors, and its HTTP client's; the first line of theirs, cut short
+        detail = str(e).splitlines()[0] if str(e) else ""
+        detail = f": {detail[:60]}..." if len(detail) > 60 else f": {detail}" if detail else ""
+        raise GPT2Error(f"{source}: not a folder here, and the Hugging Face hub cannot give it ({type(e).__name__}"
+                        f"{detail}); offline, -e takes an llm.c model file or a shape such as d12") from e
 
 
 def read_config(folder):

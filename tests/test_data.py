@@ -3,6 +3,8 @@ llmc/data.py: llm.c's token shards written (and read back by the trainer's data 
 prepared for the default run. (The scripts of dev/data/ are in test_data_scripts.py.)
 """
 
+import re
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -26,9 +28,31 @@ def test_no_network_tells_how_to_give_the_text(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(GPT2Error,
-                       match=r"cannot download Tiny Shakespeare .*python -m dev\.data\.tinyshakespeare --input PATH"):
+    with pytest.raises(GPT2Error, match=r"^cannot download Tiny Shakespeare \(no network\); offline, copy it to "
+                                         + re.escape(str(tmp_path / "ts" / "tiny_shakespeare.txt")) + "$"):
         prepare_tinyshakespeare(str(tmp_path / "ts"))
+
+
+def test_the_default_run_offline_stops_at_the_data_before_building_a_model(tmp_path, monkeypatch, capsys):
+    # a new user's first run without a network: one short line saying where to put the text, and no model built
+    # (GPT-2 124M's takes seconds) before the data is known to be missing
+    monkeypatch.chdir(tmp_path)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    def no_model(source):
+        raise AssertionError(f"a model was loaded: {source}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(tg, "load_gpt2", no_model)
+    assert tg.main([]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["data/tinyshakespeare/tiny_shakespeare_train.bin not found: preparing Tiny Shakespeare",
+                                "downloading https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                                "tinyshakespeare/input.txt"]
+    assert err == ("error: cannot download Tiny Shakespeare ([Errno -2] Name or service not known); offline, copy it "
+                   "to data/tinyshakespeare/tiny_shakespeare.txt\n")
     assert not (tmp_path / "ts").exists()
 
 

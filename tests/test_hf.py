@@ -223,19 +223,21 @@ def test_a_hub_name_is_downloaded_through_huggingface_hub(tmp_path, monkeypatch,
     monkeypatch.setattr(huggingface_hub, "snapshot_download", stand_in)
     assert tg.load_gpt2("someone/tiny-gpt2").config.vocab_size == V
     assert calls == [("someone/tiny-gpt2", ["config.json", "model.safetensors"])]  # never a pickled checkpoint
-    with pytest.raises(GPT2Error, match="someone/missing: no such folder here, and cannot get it from the Hugging "
-                                          r"Face hub \(LocalEntryNotFoundError: someone/missing is not in the cache\)"):
+    with pytest.raises(GPT2Error, match="^someone/missing: not a folder here, and the Hugging Face hub cannot give it "
+                                        r"\(LocalEntryNotFoundError: someone/missing is not in the cache\); offline, -e "
+                                        "takes an llm.c model file or a shape such as d12$"):
         tg.load_gpt2("someone/missing")
 
 
 def test_the_default_run_fine_tunes_gpt2_or_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    from huggingface_hub.errors import LocalEntryNotFoundError
     monkeypatch.chdir(tmp_path)  # no gpt2_124M.bin here
     loaded = []
 
     def load(source):
         loaded.append(source)
-        if source == "gpt2" and offline:
-            raise GPT2Error("-e gpt2: cannot get it from the Hugging Face hub (LocalEntryNotFoundError: offline)")
+        if source == "gpt2" and offline:  # as hf.folder raises it, from the hub's error
+            raise GPT2Error("gpt2: not a folder here, ...") from LocalEntryNotFoundError("")
         return source
 
     monkeypatch.setattr(tg, "load_gpt2", load)
@@ -246,10 +248,10 @@ def test_the_default_run_fine_tunes_gpt2_or_says_how_to_get_it(tmp_path, monkeyp
         out = capsys.readouterr().out
         if offline:
             assert (model, loaded) == ("d12", ["gpt2", "d12"])
-            assert ("gpt2_124M.bin not found, and -e gpt2: cannot get it from the Hugging Face hub "
-                    "(LocalEntryNotFoundError: offline): training GPT-2 124M's shape (d12) from scratch instead; to "
-                    "fine-tune the real one, run once with a network, or: python -m dev.hf_gpt2 import gpt2 -o "
-                    "gpt2_124M.bin") in out
+            assert out.splitlines() == [
+                "gpt2_124M.bin not found, and the Hugging Face hub cannot give gpt2 (LocalEntryNotFoundError)",
+                "training GPT-2 124M's shape (d12) from scratch instead; for OpenAI's weights, run once online or put "
+                "llm.c's gpt2_124M.bin here"]
         else:
             assert (model, loaded) == ("gpt2", ["gpt2"])
             assert "gpt2_124M.bin not found: fine-tuning OpenAI's GPT-2 124M from the Hugging Face hub (gpt2)" in out
