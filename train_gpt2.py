@@ -1264,21 +1264,25 @@ def sampling_model(args, model, processes):
     return sampler, tokenizer
 
 
+FIRST_RUN_COMPILES = 19  # the kernels (and signatures) load_kernels compiles in a process of its own, on a first run
+
+
 def load_kernels():
     """Runs every kernel of a training step and of generation once, on a tiny model: numba loads them from its
-    cache, or compiles them on the first run, here rather than inside the first timed step."""
-    print("loading the numba kernels (the first run compiles them, for some seconds; later runs load them from "
-          "the cache)", flush=True)
+    cache, or compiles them on the first run (saying which, one by one), here rather than inside the first step."""
+    print("loading the numba kernels (a first run compiles them: about 30 s on 2 cores; later runs load them in a "
+          "second)", flush=True)
     started = time.perf_counter()
     config = GPT2Config(max_seq_len=4, vocab_size=8, padded_vocab_size=8, num_layers=1, num_heads=2, channels=16)
     model = GPT2(config, np.full(num_parameters(config), 0.01, dtype=np.float32))
-    model.allocate(2, 4, training=True)
     tokens = np.zeros((2, 4), dtype=np.int32)
-    train_step(model, AdamW(model), lambda: (tokens, tokens), 1, 0.0, 0)
-    sampler = GPT2(config, model.params_memory)
-    sampler.allocate(1, 2, context=4)
-    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.0, 0, 1.0), (0.5, 2, 0.9)):
-        list(generate(sampler, [0, 1], 3, XorShift(), temperature, top_k, top_p))
+    with cli.compile_progress(FIRST_RUN_COMPILES):
+        model.allocate(2, 4, training=True)
+        train_step(model, AdamW(model), lambda: (tokens, tokens), 1, 0.0, 0)
+        sampler = GPT2(config, model.params_memory)
+        sampler.allocate(1, 2, context=4)
+        for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.0, 0, 1.0), (0.5, 2, 0.9)):
+            list(generate(sampler, [0, 1], 3, XorShift(), temperature, top_k, top_p))
     print(f"kernels ready in {time.perf_counter() - started:.1f} s")
 
 

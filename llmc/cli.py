@@ -8,6 +8,7 @@ constant learning rate of 1e-4 for 40 steps.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -310,3 +311,27 @@ def print_memory(model, optimizer, args, processes, started):
           f"{2 * model.params_memory.nbytes / 2**20:.0f} MiB, AdamW state "
           f"{(optimizer.m_memory.nbytes + optimizer.v_memory.nbytes) / 2**20:.0f} MiB"
           f"{f' (ZeRO-1: 1/{processes.count} of it)' if args.zero and processes.count > 1 else ''}, {ready}")
+
+
+@contextlib.contextmanager
+def compile_progress(total):
+    """Prints `compiling kernel i of at most total: name` as numba compiles each kernel called inside (the functions
+    they call compile with them; kernels an earlier step of the run compiled are not counted again); nothing when
+    numba loads them from its cache."""
+    from numba.core import event
+
+    class Progress(event.Listener):
+        depth = count = 0
+
+        def on_start(self, started):
+            if self.depth == 0:
+                self.count += 1
+                name = getattr(started.data.get("dispatcher"), "__name__", "?")
+                print(f"  compiling kernel {self.count} of at most {total}: {name}", flush=True)
+            self.depth += 1
+
+        def on_end(self, ended):
+            self.depth -= 1
+
+    with event.install_listener("numba:compile", Progress()):
+        yield

@@ -40,6 +40,14 @@ def test_the_installed_copy_runs_from_another_directory(tmp_path):
     where = run("-c", "import train_gpt2, llmc; print(train_gpt2.__file__); print(llmc.__file__)")
     assert where.returncode == 0, where.stderr
     assert where.stdout.splitlines() == [str(site / "train_gpt2.py"), str(site / "llmc" / "__init__.py")]
+    # the installed copy's first run compiles the kernels (its numba cache is its own), and says so one by one
+    compiled = run("-c", "import train_gpt2 as tg; tg.load_kernels()")
+    lines = compiled.stdout.splitlines()
+    assert compiled.returncode == 0 and lines[0].startswith("loading the numba kernels (a first run compiles them"), \
+        compiled.stdout + compiled.stderr
+    assert [line.rpartition(":")[0] for line in lines[1:-1]] == [
+        f"  compiling kernel {i} of at most 19" for i in range(1, 20)], lines
+    assert lines[-1].startswith("kernels ready in ")
     usage = run("-m", "train_gpt2", "--help")
     assert usage.returncode == 0 and usage.stdout.startswith("usage: train_gpt2.py"), usage.stderr
     trained = run("-m", "train_gpt2", "-e", "d6", "-x", "1", "-v", "1", "-s", "1", "-g", "4")
@@ -47,6 +55,7 @@ def test_the_installed_copy_runs_from_another_directory(tmp_path):
     assert "data/tinyshakespeare/tiny_shakespeare_train.bin not found: preparing Tiny Shakespeare" in trained.stdout
     assert "writing gpt2_tokenizer.bin from tiktoken's GPT-2 encoding" in trained.stdout
     assert "step 0: train loss " in trained.stdout and "generating:\n---" in trained.stdout
+    assert "compiling kernel" not in trained.stdout  # loaded from the cache, as a later run does
     prepared = sorted(os.listdir(work / "data" / "tinyshakespeare"))
     assert prepared == ["tiny_shakespeare.txt", "tiny_shakespeare_train.bin", "tiny_shakespeare_val.bin"]
     assert (work / "gpt2_tokenizer.bin").is_file()
