@@ -1317,6 +1317,8 @@ def train(args, processes):
     sample_rng = XorShift(1337)
     if run_dir.resume_step is not None:
         run_dir.resume(optimizer, train_loader, sample_rng, args)  # AdamW's moments, the data's place, the RNG
+        if run_dir.resume_step == args.max_steps:
+            return  # a finished run, as resume() said
     else:
         run_dir.start_log()
     cli.print_memory(model, optimizer, args, processes, started)

@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from llmc.files import GPT2Error, check_regular_file, is_temporary_name, process_exists, write_atomically
-from llmc.state import read_state_file, write_state_file
+from llmc.state import extends_run, read_state_file, write_state_file
 
 CHECKPOINT_FILE = re.compile(r"model_([0-9]{8})\.bin|state_([0-9]{8})(_[0-9]{5})?\.bin|DONE_([0-9]{8})")
 
@@ -179,7 +179,14 @@ class RunDirectory:
             if processes.rank == 0:
                 self.trim_log(step)
                 self.prune(args.checkpoints_keep)
-        print(f"resumed from the checkpoint of step {step} in {self.path}")
+        if step < args.max_steps:
+            print(f"resumed from the checkpoint of step {step} in {self.path}")
+        elif extends_run(args):
+            print(f"{self.path}: the run is finished at step {step} (-x {args.max_steps}); to train it further, "
+                  "give -y 1 a larger -x")
+        else:
+            print(f"{self.path}: the run is finished at step {step} (-x {args.max_steps}); its {args.schedule} "
+                  "schedule decays over -x steps, so it cannot go further (-k constant or -q 1.0 runs can)")
 
     # main.log
 

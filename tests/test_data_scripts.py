@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import urllib.request
 from contextlib import contextmanager
 
 import numpy as np
@@ -179,6 +180,31 @@ def test_tinyshakespeare_writes_shards_and_tokenizer(tmp_path, monkeypatch, enc)
     before = contents(tmp_path / "data" / "tinyshakespeare"), (tmp_path / "gpt2_tokenizer.bin").read_bytes()
     assert run_main(tinyshakespeare, ["--input", "input.txt"]) == 0
     assert (contents(out), (tmp_path / "gpt2_tokenizer.bin").read_bytes()) == before
+
+
+def test_tinyshakespeare_again_is_told_it_is_done(tmp_path, monkeypatch, capsys):
+    # a rerun where the shards are there and whole downloads nothing (offline it would fail) and says so
+    (tmp_path / "input.txt").write_text(SHAKESPEARE * 100, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert run_main(tinyshakespeare, ["--input", "input.txt"]) == 0
+    out = tmp_path / "data" / "tinyshakespeare"
+    before = contents(out)
+    counts = [shard_tokens(out / f"tiny_shakespeare_{split}.bin").size for split in ("val", "train")]
+    capsys.readouterr()
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
+    assert run_main(tinyshakespeare, []) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"data/tinyshakespeare holds Tiny Shakespeare already: {counts[0]:,} val and {counts[1]:,} train tokens "
+        "(--input prepares it again)", "wrote gpt2_tokenizer.bin"]
+    assert contents(out) == before
+    with open(out / "tiny_shakespeare_train.bin", "r+b") as f:  # a damaged shard is no finished preparation
+        f.truncate(HEADER_BYTES + 2)
+    with pytest.raises(AssertionError, match="downloaded again"):
+        run_main(tinyshakespeare, [])
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "invalid UTF-8", "FIFO"])

@@ -130,6 +130,22 @@ def test_with_an_output_directory_the_last_step_is_always_saved(run_dir, capsys)
     assert tg.read_model_file(str(out / "model_00000004.bin")).num_parameters > 0
 
 
+def test_resuming_a_finished_run_says_so_and_how_it_could_go_on(run_dir, capsys):
+    # -y 1 on a run that reached -x: one line saying it is finished, and whether a larger -x can extend it
+    for name, extra, advice in (
+            ("decaying", (), "its cosine schedule decays over -x steps, so it cannot go further (-k constant or -q "
+                             "1.0 runs can)"),
+            ("constant", ("-k", "constant"), "to train it further, give -y 1 a larger -x")):
+        out = run_dir / name
+        assert run_main(trainer_args(run_dir, out, "-x", "3", *extra), capsys)[0] == 0
+        log = read_log(out)
+        code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "3", "-y", "1", *extra), capsys)
+        assert (code, err) == (0, "")
+        assert f"{out}: the run is finished at step 3 (-x 3); {advice}\n" in stdout
+        assert "step " not in stdout.replace("at step 3", "") and "loading the numba kernels" not in stdout
+        assert read_log(out) == log and complete_checkpoints(out) == [3]
+
+
 def test_resume_after_a_kill_is_bit_identical(run_dir):
     """A straight run, and the same run killed (SIGKILL) mid-way and resumed: the same losses and logs. The kill
     lands wherever it lands (the run may even have finished): the test asserts only what holds everywhere."""

@@ -12,18 +12,37 @@ shards.
 """
 
 import argparse
+import os
 import sys
 
 if __name__ == "__main__" and not __package__:  # run as a file, where `import dev` cannot work
     sys.exit("error: run it from the repository's root, as a module: python -m dev.data.tinyshakespeare")
 
+import train_gpt2 as tg
 from dev.data import data_common
 from llmc.data import TINYSHAKESPEARE_DIR, TINYSHAKESPEARE_URL, prepare_tinyshakespeare
+from llmc.files import GPT2Error
 from llmc.tokenizer import TOKENIZER_FILE, gpt2_encoding, write_tokenizer_file
 
 
+def prepared_shards(out_dir):
+    """The two shards' token counts if out_dir holds both, whole (their sizes those their headers give); else None."""
+    paths = [os.path.join(out_dir, f"tiny_shakespeare_{split}.bin") for split in ("val", "train")]
+    if not all(os.path.isfile(path) for path in paths):
+        return None
+    try:
+        return [tg.read_shard_header(path) for path in paths]
+    except GPT2Error:  # a damaged or truncated one: prepare them again
+        return None
+
+
 def prepare(args):
-    prepare_tinyshakespeare(args.out_dir, args.input)
+    counts = None if args.input else prepared_shards(args.out_dir)
+    if counts:  # a finished preparation: nothing to download again
+        print(f"{args.out_dir} holds Tiny Shakespeare already: {counts[0]:,} val and {counts[1]:,} train tokens "
+              "(--input prepares it again)")
+    else:
+        prepare_tinyshakespeare(args.out_dir, args.input)
     write_tokenizer_file(args.tokenizer, gpt2_encoding())
     print(f"wrote {args.tokenizer}")
 
