@@ -199,7 +199,8 @@ def test_a_kill_right_after_a_checkpoint_is_pruned_on_resume(run_dir, capsys, mo
     monkeypatch.setattr(RunDirectory, "prune", prune)
     code, stdout, err = run_main(args + ["-y", "1"], capsys)
     assert code == 0, err
-    assert f"resumed from the checkpoint of step {killed_at}" in stdout
+    assert (f"resumed from the checkpoint of step {killed_at}" if killed_at < 20  # a kill after the last: finished
+            else f"{out}: the run is finished at step 20 (-x 20)") in stdout
     assert complete_checkpoints(out) == [15, 20]
     assert sorted(os.listdir(out)) == [".lock", "DONE_00000015", "DONE_00000020", "main.log", "model_00000015.bin",
                                        "model_00000020.bin", "state_00000015_00000.bin", "state_00000020_00000.bin"]
@@ -216,4 +217,4 @@ def test_odd_names_and_bytes_in_the_output_directory(run_dir, capsys):
         log.write(b"a line that is not UTF-8: \xff\xfe\n")
     code, stdout, err = run_main(trainer_args(run_dir, out, "-x", "6", "-n", "3", "-y", "1"), capsys)
     assert code == 0, err
-    assert "resumed from the checkpoint of step 6" in stdout
+    assert f"{out}: the run is finished at step 6 (-x 6)" in stdout  # the newest checkpoint, 6, was found
