@@ -7,9 +7,9 @@ The options check the trainer against any llm.c model + debug state pair, not on
 import numpy as np
 import pytest
 
-from llmc.files import TOKENIZER_MAGIC, new_header, write_atomically
+from llmc.files import TOKENIZER_MAGIC, GPT2Error, new_header, read_header, write_atomically
 from llmc.tokenizer import TOKENIZER_FILE, gpt2_encoding_offline
-from tests.helpers import FIXTURE_DEBUG_STATE, FIXTURE_MODEL, write_tokens
+from tests.helpers import DEBUG_STATE_MAGIC, FIXTURE_DEBUG_STATE, FIXTURE_MODEL, write_tokens
 
 
 def pytest_addoption(parser):
@@ -17,6 +17,16 @@ def pytest_addoption(parser):
                      help="llm.c model checkpoint to check (default: the committed fixture)")
     parser.addoption("--state", default=FIXTURE_DEBUG_STATE,
                      help="llm.c debug state made from that checkpoint (default: the committed fixture's)")
+
+
+def pytest_configure(config):
+    """A --model or --state that is missing or not llm.c's file is one line and pytest's usage-error status, 4."""
+    import train_gpt2 as tg
+    try:
+        tg.read_model_header(config.getoption("--model"))
+        read_header(config.getoption("--state"), DEBUG_STATE_MAGIC, (2,))
+    except GPT2Error as e:
+        raise pytest.UsageError(f"test_gpt2.py's reference: {e}") from None
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,14 @@ def main(argv=None):
         text = read_prompt(args)
         source = cli.model_source(args.model)
         print(f"loading {source}", file=sys.stderr, flush=True)
-        model = tg.load_gpt2(source)
+        try:
+            model = tg.load_gpt2(source)
+        except GPT2Error as e:  # the default, offline: say what -e could be instead
+            if source == args.model or e.__cause__ is None:
+                raise
+            raise GPT2Error(f"{args.model} not found, and the Hugging Face hub cannot give {source} "
+                            f"({type(e.__cause__).__name__}): give -e a model, such as a run's model_NNNNNNNN.bin, or "
+                            "a shape such as d12 (random weights, for timing)") from None
         encoding = gpt2_encoding()
         prompt = encode_prompt(text, encoding, model.config)
         model.allocate(1, len(prompt), context=check_context(prompt, args, model.config))

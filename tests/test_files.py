@@ -94,3 +94,16 @@ def test_temporary_names_tell_which_process_wrote_them():
     for other in ("model_00000003.bin", ".notes.tmp", ".x.tmpabc", "x.tmp12"):
         assert not is_temporary_name(other), other
     assert process_exists(os.getpid()) and not process_exists(dead_pid())
+
+
+def test_the_reference_check_refuses_missing_files_in_one_line(tmp_path):
+    # python -m pytest test_gpt2.py --model PATH --state PATH, as the README gives it, with files that are not there
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_gpt2.py"]
+    for flags, expected in (
+            (["--model", str(tmp_path / "gpt2_124M.bin")], f"{tmp_path / 'gpt2_124M.bin'}: cannot open"),
+            (["--state", str(tmp_path / "state.bin")], f"{tmp_path / 'state.bin'}: cannot open"),
+            (["--state", FIXTURE_MODEL], f"{FIXTURE_MODEL}: bad magic number: expected 20240327")):
+        result = subprocess.run(command + flags, cwd=HERE, capture_output=True, text=True)
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        assert result.returncode == 4 and len(lines) == 1, result.stdout + result.stderr
+        assert lines[0].startswith("ERROR: test_gpt2.py's reference: ") and expected in lines[0], lines

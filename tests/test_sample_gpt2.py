@@ -175,3 +175,25 @@ sys.exit(sample_gpt2.main(["-e", {gpt2_vocab_model!r}, "--prompt", "Hello", "-g"
         process.stderr.close()
     assert code == 0 and "Traceback" not in err and "error" not in err, err
     assert "prompt: " not in err, err  # it stopped at the broken pipe, before its sample's timing
+
+
+def test_sample_offline_with_the_default_model_says_what_would_work(tmp_path, monkeypatch, capsys):
+    # no gpt2_124M.bin here and no hub: one line naming what -e could be instead
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    import huggingface_hub
+
+    def offline(repo_id, **kwargs):
+        raise LocalEntryNotFoundError("outgoing traffic has been disabled")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    assert sample_gpt2.main([]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        "loading gpt2", "error: gpt2_124M.bin not found, and the Hugging Face hub cannot give gpt2 "
+        "(LocalEntryNotFoundError): give -e a model, such as a run's model_NNNNNNNN.bin, or a shape such as d12 "
+        "(random weights, for timing)"]
+    assert sample_gpt2.main(["-e", "gpt2"]) == 1  # asked for by name: the hub's own line, and what -e takes
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: gpt2: not a folder here, and the Hugging Face hub cannot give it (LocalEntryNotFoundError: outgoing "
+        "traffic has been disabled); offline, -e takes an llm.c model file or a shape such as d12")
