@@ -103,6 +103,9 @@ def write_export(model, tmp):
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(model.config), f, indent=2)
     save_file(hf_tensors(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    umask = os.umask(0o022)  # safetensors writes 0600; a file for other programs gets what the user's umask gives
+    os.umask(umask)
+    os.chmod(os.path.join(tmp, "model.safetensors"), 0o666 & ~umask)
     if model.config.vocab_size == EOT_TOKEN + 1:  # GPT-2's vocabulary: its tokenizer too
         with open(os.path.join(BPE_FILES_DIR, "encoder.json"), "rb") as f:
             vocab = json.load(f)

@@ -114,6 +114,20 @@ def test_import_then_export_gives_the_same_tensors(tmp_path):
     assert hf_gpt2.main(["export", str(tmp_path / "model.bin"), "-o", str(tmp_path / "out")]) == 1  # not empty
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exported_files_have_the_permissions_of_the_users_umask(tmp_path, umask):
+    # files written for other programs (transformers, another user's job) get what every file of the user gets
+    folder, _ = hf_gpt2_folder(tmp_path / "hf")
+    assert hf_gpt2.main(["import", folder, "-o", str(tmp_path / "model.bin")]) == 0
+    previous = os.umask(umask)
+    try:
+        assert hf_gpt2.main(["export", str(tmp_path / "model.bin"), "-o", str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(previous)
+    modes = {name: os.stat(tmp_path / "out" / name).st_mode & 0o777 for name in os.listdir(tmp_path / "out")}
+    assert modes == {"config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}, modes
+
+
 def test_export_of_gpt2s_vocabulary_carries_its_tokenizer(tmp_path):
     config = tg.GPT2Config(max_seq_len=8, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=1,
                            channels=4)
