@@ -6,8 +6,8 @@ A step is what the trainer's loop runs, train_gpt2.train_step: zero_grad, forwar
 0.9/0.999, eps 1e-8, no weight decay), on one fixed random batch (seeded), after untimed warm-up steps; PyTorch's
 step does the same work (its norm by clip_grad_norm_ with no limit). For each trainer: the median and range of
 ms/step; tokens/s; GFLOP/s by llm.c's formula (6*N + 6*L*C*T) * B*T, N counting the padded vocabulary (192.1 GFLOP
-for d12, B=4, T=64); that as a fraction of numpy's sgemm GFLOP/s, measured in the same run on the forward pass's
-matmul shapes, FLOP-weighted; the peak RSS; and the time from spawning the trainer's process to its first finished
+for d12, B=4, T=64); that as a fraction of numpy's sgemm GFLOP/s, measured between the timed steps (so that both
+see the machine's load alike) on the forward pass's matmul shapes, FLOP-weighted; the peak RSS; and the time from spawning the trainer's process to its first finished
 step (interpreter, imports, model build, numba cache load or compile).
 
 Each trainer runs in a worker process of its own (this module, --worker), so RSS and start-up are its own; the
@@ -441,9 +441,9 @@ class Worker:
             self.proc.wait()
 
 
-def measure(args, model, B, T, kinds=("ours",), tree=None):
+def measure(args, model, B, T, kinds=("ours",), tree=None, between=None):
     """Starts the workers one after the other, so that each starts up alone, then alternates their timed steps.
-    With `tree`, another checkout's "ours" worker last."""
+    With `tree`, another checkout's "ours" worker last; between(config) after each round of steps."""
     workers = []
     try:
         for kind, root in [(kind, REPO_ROOT) for kind in kinds] + ([("ours", tree)] if tree else []):
@@ -456,6 +456,8 @@ def measure(args, model, B, T, kinds=("ours",), tree=None):
                 w.times.append(reply["seconds"])
                 w.losses.append(reply.get("loss"))
                 w.replies.append(reply)
+            if between:
+                between(workers[0].info["config"])
         for w in workers:
             w.final = w.request("finish")
     finally:
@@ -464,32 +466,52 @@ def measure(args, model, B, T, kinds=("ours",), tree=None):
     return workers
 
 
-def sgemm_gflops(config, N, repeats):
+class Sgemm:
     """numpy's GFLOP/s on the forward pass's products out (N,OC) = inp (N,K) @ weight (OC,K).T, as train_gpt2 calls
-    them: per shape the median of `repeats` timings (at least 3, fewer than asked for slow shapes) of at least
-    20 ms each, FLOP-weighted by how often a forward pass makes it. Returns (GFLOP/s, {shape: GFLOP/s})."""
-    import numpy as np
-    C, L, Vp = config["channels"], config["num_layers"], config["padded_vocab_size"]
-    rng = np.random.default_rng(0)
-    flops = seconds = 0.0
-    per_shape = {}
-    for name, OC, K, count in (("qkv", 3 * C, C, L), ("attproj", C, C, L), ("fc", 4 * C, C, L),
-                               ("fcproj", C, 4 * C, L), ("lm_head", Vp, C, 1)):
-        inp, weight = rng.standard_normal((N, K), np.float32), rng.standard_normal((OC, K), np.float32)
-        out = np.empty((N, OC), np.float32)
-        np.matmul(inp, weight.T, out=out)  # untimed: thread start-up, page faults
-        start = time.perf_counter()
-        np.matmul(inp, weight.T, out=out)
-        once = max(time.perf_counter() - start, 1e-7)
-        calls, times = max(1, int(0.02 / once)), []
-        for _ in range(max(3, min(repeats, int(2.0 / (once * calls))))):
+    them, timed in rounds: each round times every shape once, over at least 20 ms; the result is per shape the
+    median of the rounds, FLOP-weighted by how often a forward pass makes it. Rounds between the trainers' steps
+    see the machine as the steps do, so that a change of its load between them cannot make a step look faster than
+    the products it is made of."""
+
+    def __init__(self, config, N):
+        import numpy as np
+        self.np, C, L, Vp = np, config["channels"], config["num_layers"], config["padded_vocab_size"]
+        rng = np.random.default_rng(0)
+        self.shapes, self.times = [], {}
+        for name, OC, K, count in (("qkv", 3 * C, C, L), ("attproj", C, C, L), ("fc", 4 * C, C, L),
+                                   ("fcproj", C, 4 * C, L), ("lm_head", Vp, C, 1)):
+            inp, weight = rng.standard_normal((N, K), np.float32), rng.standard_normal((OC, K), np.float32)
+            out = np.empty((N, OC), np.float32)
+            np.matmul(inp, weight.T, out=out)  # untimed: thread start-up, page faults
+            start = time.perf_counter()
+            np.matmul(inp, weight.T, out=out)
+            calls = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
+            self.shapes.append((name, inp, weight, out, calls, count, 2 * N * K * OC))
+            self.times[name] = []
+
+    def round(self):
+        for name, inp, weight, out, calls, _, _ in self.shapes:
             start = time.perf_counter()
             for _ in range(calls):
-                np.matmul(inp, weight.T, out=out)
-            times.append((time.perf_counter() - start) / calls)
-        per_shape[name] = 2 * N * K * OC / statistics.median(times) / 1e9
-        flops, seconds = flops + count * 2 * N * K * OC, seconds + count * statistics.median(times)
-    return flops / seconds / 1e9, per_shape
+                self.np.matmul(inp, weight.T, out=out)
+            self.times[name].append((time.perf_counter() - start) / calls)
+
+    def result(self):
+        """(GFLOP/s, {shape: GFLOP/s})."""
+        per_shape, flops, seconds = {}, 0.0, 0.0
+        for name, _, _, _, _, count, product_flops in self.shapes:
+            median = statistics.median(self.times[name])
+            per_shape[name] = product_flops / median / 1e9
+            flops, seconds = flops + count * product_flops, seconds + count * median
+        return flops / seconds / 1e9, per_shape
+
+
+def sgemm_gflops(config, N, repeats):
+    """Sgemm's result over `repeats` rounds (at least 3), one after the other."""
+    meter = Sgemm(config, N)
+    for _ in range(max(3, repeats)):
+        meter.round()
+    return meter.result()
 
 
 def step_flops(info, B, T):
@@ -715,9 +737,17 @@ def generate_run(args):
 
 def main_run(args):
     B, T = args.batch_size, args.seq_len
-    workers = measure(args, args.model, B, T, ("ours", "torch") if args.vs == "torch" else ("ours",), args.vs_tree)
+    meter = None  # numpy's sgemm, timed between the rounds of steps
+
+    def sgemm_round(config):
+        nonlocal meter
+        meter = meter or Sgemm(config, B * T)
+        meter.round()
+
+    workers = measure(args, args.model, B, T, ("ours", "torch") if args.vs == "torch" else ("ours",), args.vs_tree,
+                      sgemm_round)
     ours = workers[0].info
-    sgemm, per_shape = sgemm_gflops(ours["config"], B * T, args.sgemm_repeats)
+    sgemm, per_shape = meter.result()
     rows = [summarize(w, B, T, step_flops(ours, B, T), sgemm) for w in workers]
     all_workers, c = workers, ours["config"]
     print(machine(args, workers))
@@ -726,7 +756,7 @@ def main_run(args):
           f"{rows[0].flops / 1e9:.4g} GFLOP/step by llm.c's (6N + 6LCT)*B*T")
     print(f"steps:   {args.warmup} warm-up + {args.steps} timed" + (", alternating" if len(workers) > 1 else "")
           + f", batch seed {args.seed}; numba kernels {ours['cached']} loaded from cache, {ours['compiled']} compiled")
-    print(f"sgemm:   numpy {sgemm:.1f} GFLOP/s on the forward matmuls of {B * T} rows ("
+    print(f"sgemm:   numpy {sgemm:.1f} GFLOP/s on the forward matmuls of {B * T} rows, timed between the steps ("
           + ", ".join(f"{k} {v:.0f}" for k, v in per_shape.items()) + ")\n")
     print("| trainer | ms/step, median (min-max) | tokens/s | GFLOP/s | % of sgemm | peak RSS MiB | "
           "start to 1st step s |\n|---|--:|--:|--:|--:|--:|--:|")
@@ -833,7 +863,8 @@ def parse_args(argv=None):
     add("--sweep-depths", default="d6,d12,d24", metavar="LIST",
         help="models of the sweep over depth, at -b and -t (default %(default)s)")
     add("--sgemm-repeats", type=int, default=5, metavar="N",
-        help="timings per sgemm shape, at least 3, fewer when slow (default %(default)s)")
+        help="--sweep's timings per sgemm shape, at least 3 (default %(default)s; a step's run times one between "
+             "each round of steps)")
     add("--processes", action="store_true",
         help="1 process x all threads, 1 x 1, and 2 processes x 1 thread (mpirun), same total batch")
     add("--generate", action="store_true", help="time generation at batch 1: the KV cache, the full recomputation "
