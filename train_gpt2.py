@@ -1201,8 +1201,8 @@ def load_run_model(args, run_dir):
         return model
     except GPT2Error as e:  # offline: say so in two short lines, and what would fetch the real weights
         why = f"the Hugging Face hub cannot give {source} ({type(e.__cause__).__name__})" if e.__cause__ else str(e)
-        print(f"{args.model} not found, and {why}\ntraining GPT-2 124M's shape (d12) from scratch instead; for "
-              f"OpenAI's weights, run once online or put llm.c's {args.model} here")
+        print(f"{args.model} not found, and {why}\ntraining GPT-2 124M's shape (d12) from scratch; for OpenAI's "
+              f"weights, run once online or put {args.model} here")
         return load_gpt2("d12")
 
 

@@ -264,8 +264,8 @@ def test_the_default_run_fine_tunes_gpt2_or_says_how_to_get_it(tmp_path, monkeyp
             assert (model, loaded) == ("d12", ["gpt2", "d12"])
             assert out.splitlines() == [
                 "gpt2_124M.bin not found, and the Hugging Face hub cannot give gpt2 (LocalEntryNotFoundError)",
-                "training GPT-2 124M's shape (d12) from scratch instead; for OpenAI's weights, run once online or put "
-                "llm.c's gpt2_124M.bin here"]
+                "training GPT-2 124M's shape (d12) from scratch; for OpenAI's weights, run once online or put "
+                "gpt2_124M.bin here"]
         else:
             assert (model, loaded) == ("gpt2", ["gpt2"])
             assert "gpt2_124M.bin not found: fine-tuning OpenAI's GPT-2 124M from the Hugging Face hub (gpt2)" in out
