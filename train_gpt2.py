@@ -1163,11 +1163,13 @@ def train_step(model, optimizer, next_batch, grad_accum_steps, lr, step, grad_cl
     return loss, norm
 
 
-def validation_loss(model, loader, max_batches, processes):
+def validation_loss(model, loader, max_batches, step, processes=ONE_PROCESS):
     loader.reset()
     num_batches = min(max_batches, loader.num_batches)
-    loss = sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1)
-    return processes.average(loss)
+    loss = processes.average(sum(model.forward(*loader.next_batch()) for _ in range(num_batches)) / max(num_batches, 1))
+    if not math.isfinite(loss):
+        raise GPT2Error(f"the validation loss is {loss} at step {step}: the run diverged", every_process=True)
+    return loss
 
 
 def print_sample(sampler, tokenizer, gen_tokens, sample_rng):
@@ -1328,12 +1330,9 @@ def train(args, processes):
     for step in range(start_step, args.max_steps + 1):
         last_step = step == args.max_steps
         cli.stop_if_interrupted()
-        if step != run_dir.resume_step:
+        if step != run_dir.resume_step:  # (the stopped run did these before the checkpoint it resumes from)
             if val_loader and args.val_every and (step % args.val_every == 0 or last_step):
-                val_loss = validation_loss(model, val_loader, args.val_max_steps, processes)
-                if not math.isfinite(val_loss):
-                    raise GPT2Error(f"the validation loss is {val_loss} at step {step}: the run diverged",
-                                    every_process=True)
+                val_loss = validation_loss(model, val_loader, args.val_max_steps, step, processes)
                 print(f"val loss {val_loss:f}")
                 run_dir.log(f"s:{step} tel:{val_loss:.4f}\n")
             if examples and ((args.val_every and step % args.val_every == 0) or last_step):
