@@ -1186,6 +1186,17 @@ def print_sample(sampler, tokenizer, gen_tokens, sample_rng):
 # Setting up a run, as llm.c's main does before its loop: the model, AdamW, the data, and models for evaluating and
 # sampling that share the parameters; and writing a checkpoint.
 
+def check_inputs(args, processes):
+    """What is quick to check comes first, so that a run that cannot start stops before a model is built: -e (but on
+    the Hugging Face hub), then the default data, which is prepared the first time (by rank 0, the others waiting)."""
+    with processes.together():
+        source = cli.model_source(args.model)
+        if cli.model_kind(source) != "hf":
+            gpt2_config(source)
+        if processes.rank == 0 and args.max_steps != 0:
+            prepare_default_data(args.train_data, args.val_data)
+
+
 def load_run_model(args, run_dir):
     """The model to train: from the checkpoint being resumed, which must have the shape -e names, or from -e. The
     default -e, llm.c's gpt2_124M.bin, is without that file the same weights from the Hugging Face hub (gpt2), or
@@ -1306,9 +1317,7 @@ def write_checkpoint(run_dir, step, model, optimizer, loader, sample_rng, args, 
 def train(args, processes):
     started = time.perf_counter()
     run_dir = RunDirectory.open(args, processes)  # -o, and the step of the checkpoint to resume from with -y 1
-    with processes.together():  # the default data first: a run that cannot have it stops before building a model
-        if processes.rank == 0 and args.max_steps != 0:
-            prepare_default_data(args.train_data, args.val_data)
+    check_inputs(args, processes)
     model, optimizer = build_model(args, run_dir, processes)
     train_loader, val_loader = data_loaders(args, model.config, processes)
     args = cli.complete_settings(args, train_loader.num_tokens if train_loader else 0, processes.count)

@@ -18,7 +18,7 @@ import sys
 TUTORIAL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_gpt2.py")
 
 # What train_gpt2.py holds beyond the algorithm itself: its imports, and what sets up, prints and checkpoints a run
-AROUND = {"imports", "config_from_hf", "load_run_model", "build_model", "data_loaders", "evaluation_model",
+AROUND = {"imports", "config_from_hf", "check_inputs", "load_run_model", "build_model", "data_loaders", "evaluation_model",
           "sampling_model", "FIRST_RUN_COMPILES", "load_kernels", "write_checkpoint"}
 BUDGET_LINES, CORE_SHARE = 1400, 0.85  # issue 21's targets
 
