@@ -21,7 +21,7 @@ if __name__ == "__main__":
     startup.quiet_interrupt()  # Ctrl-C while the libraries load: stop, quietly
 
 import train_gpt2 as tg
-from llmc import cli
+from llmc import cli, hf
 from llmc.files import GPT2Error, read_file
 from llmc.rand import XorShift
 from llmc.tokenizer import TextStream, gpt2_encoding, printable, token_pieces
@@ -145,11 +145,11 @@ def main(argv=None):
         try:
             model = tg.load_gpt2(source)
         except GPT2Error as e:  # the default, offline: say what -e could be instead
-            if source == args.model or e.__cause__ is None:
+            why = hf.unreachable(e, source)
+            if source == args.model or not why:
                 raise
-            raise GPT2Error(f"{args.model} not found, and the Hugging Face hub cannot give {source} "
-                            f"({type(e.__cause__).__name__}): give -e a model, such as a run's model_NNNNNNNN.bin, or "
-                            "a shape such as d12 (random weights, for timing)") from None
+            raise GPT2Error(f"{args.model} not found, and {why}: give -e a model, such as a run's "
+                            "model_NNNNNNNN.bin, or a shape such as d12 (random weights, for timing)") from None
         encoding = gpt2_encoding()
         prompt = encode_prompt(text, encoding, model.config)
         model.allocate(1, len(prompt), context=check_context(prompt, args, model.config))

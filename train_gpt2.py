@@ -1213,7 +1213,7 @@ def load_run_model(args, run_dir):
         print(f"{args.model} not found: fine-tuning OpenAI's GPT-2 124M from the Hugging Face hub ({source})")
         return model
     except GPT2Error as e:  # offline: say so in two short lines, and what would fetch the real weights
-        why = f"the Hugging Face hub cannot give {source} ({type(e.__cause__).__name__})" if e.__cause__ else str(e)
+        why = hf.unreachable(e, source) or str(e)
         print(f"{args.model} not found, and {why}\ntraining GPT-2 124M's shape (d12) from scratch; for OpenAI's "
               f"weights, run once online or put {args.model} here")
         return load_gpt2("d12")

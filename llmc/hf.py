@@ -42,6 +42,13 @@ def folder(source):
                         f"{detail}); offline, -e takes an llm.c model file or a shape such as d12") from e
 
 
+def unreachable(error, source):
+    """Why the hub could not give `source`, in a few words, when `error` is folder()'s (the hub's own error its
+    cause): for the lines that say why the default model is missing. None for any other error."""
+    cause = error.__cause__
+    return f"the Hugging Face hub cannot give {source} ({type(cause).__name__})" if cause else None
+
+
 def read_config(folder):
     """The model shape in a Hugging Face GPT-2's config.json, as the fields of the trainer's GPT2Config, and the
     file's path (to name it in errors); another architecture is refused."""
